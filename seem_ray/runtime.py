@@ -1,0 +1,67 @@
+"""Runtime plumbing with one home each: seeding, device choice, logging, project paths.
+
+Sits under every stage of the flow; imports nothing from Ray/MLflow/Optuna.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = [
+    "PROJECT_ROOT",
+    "datasets_dir",
+    "pick_device",
+    "runs_dir",
+    "seed_everything",
+    "setup_logging",
+]
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed python, numpy and torch; return a torch Generator for samplers."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    gen = torch.Generator()
+    gen.manual_seed(seed)
+    return gen
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """'auto' -> cuda when available else cpu; 'cuda' without a GPU is a clear error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("train.device is 'cuda' but no CUDA device is visible; use 'auto' or 'cpu'")
+    return torch.device(name)
+
+
+def runs_dir() -> Path:
+    """Where runs, MLflow's sqlite store and Optuna studies live ($SEEM_RAY_RUNS or ./runs)."""
+    path = Path(os.environ.get("SEEM_RAY_RUNS", PROJECT_ROOT / "runs")).expanduser().resolve()
+    return path
+
+
+def datasets_dir() -> Path:
+    """Minari's dataset root: $MINARI_DATASETS_PATH, else <project>/datasets (set for workers too).
+
+    Absolute, because Ray workers change directory. Exported into the environment so that
+    Minari itself and any Ray worker started afterwards agree on it.
+    """
+    raw = os.environ.get("MINARI_DATASETS_PATH")
+    path = Path(raw).expanduser().resolve() if raw else (PROJECT_ROOT / "datasets").resolve()
+    os.environ["MINARI_DATASETS_PATH"] = str(path)
+    return path
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    """One-line log format for the CLI and scripts (library code only uses `logging`)."""
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
