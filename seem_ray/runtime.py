@@ -20,6 +20,7 @@ __all__ = [
     "runs_dir",
     "seed_everything",
     "setup_logging",
+    "atomic_write_text",
 ]
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -65,3 +66,22 @@ def datasets_dir() -> Path:
 def setup_logging(level: int = logging.INFO) -> None:
     """One-line log format for the CLI and scripts (library code only uses `logging`)."""
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write `text` to `path` via a temporary file + rename: readers never see half a file."""
+    import tempfile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

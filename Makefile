@@ -1,0 +1,45 @@
+# seem_ray: two commands on a fresh machine -- `make demo` and `make test`.
+# Both bootstrap .venv idempotently (scripts/bootstrap.sh is a no-op when nothing changed).
+PY := .venv/bin/python
+export RAY_TRAIN_HEALTH_CHECK_INTERVAL_S ?= 0.2
+export RAY_USAGE_STATS_ENABLED ?= 0
+
+.PHONY: bootstrap system-deps demo test test-fast test-faults lint bench results calibrate clean
+
+bootstrap:
+	@bash scripts/bootstrap.sh
+
+system-deps:
+	@bash scripts/system_deps.sh
+
+## The main job: the embedded demo sweep (local PointMaze dataset, SEEM stopper, MLflow).
+demo: bootstrap
+	@$(PY) -m seem_ray.cli sweep --quiet
+
+## The whole suite (unit + Ray integration + fault tests).
+test: bootstrap system-deps
+	@$(PY) -m pytest -q -p no:cacheprovider
+
+## Unit tests only (no Ray, seconds).
+test-fast: bootstrap
+	@$(PY) -m pytest -q -m "not ray and not slow and not faults"
+
+## Kill/corrupt tests alone.
+test-faults: bootstrap
+	@$(PY) -m pytest -q -m faults
+
+lint: bootstrap
+	@.venv/bin/ruff check . && .venv/bin/ruff format --check .
+
+bench: bootstrap
+	@$(PY) benchmarks/bench_seem.py --json
+	@$(PY) benchmarks/bench_train.py --algo td3bc --steps 500 --json
+
+calibrate: bootstrap
+	@$(PY) benchmarks/calibrate.py
+
+results: bootstrap
+	@$(PY) -m experiments.run_all
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,198 @@
+"""Single-process runs (``seem-ray train``): the loop plus a run folder, progress and the predictor.
+
+Flow position: config -> prepare_data -> TrainingRun.run(callback) with the callback writing
+``metrics.jsonl``, atomic checkpoints and progress lines, and asking the divergence predictor
+whether to stop. The run folder holds::
+
+    config.yaml        the validated config (re-loadable with `seem-ray train`)
+    metrics.jsonl      one JSON record per report, in step order
+    checkpoint/state.pt  the latest checkpoint (atomic)
+    summary.json       written last: stop reason, steps, final metrics, timings
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from seem_ray import metrics as M
+from seem_ray.checkpoint import CheckpointError, config_fingerprint, load_checkpoint, save_checkpoint
+from seem_ray.config import RunConfig, to_dict
+from seem_ray.divergence import Predictor, Verdict, build_predictor
+from seem_ray.loop import Report, TrainingRun, prepare_data
+from seem_ray.runtime import atomic_write_text, pick_device, seed_everything
+
+__all__ = ["RunSummary", "format_progress", "make_predictor", "run_local"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """The end of a run, as written to summary.json."""
+
+    run_dir: str
+    steps: int
+    stop_reason: str
+    diverged_since: int | None
+    final_metrics: dict[str, float]
+    wall_seconds: float
+    seem_seconds: float
+    q_bound: float
+    history: list[dict[str, float]] = field(default_factory=list, repr=False)
+
+    @property
+    def seem_share(self) -> float:
+        return self.seem_seconds / self.wall_seconds if self.wall_seconds > 0 else 0.0
+
+
+def make_predictor(cfg: RunConfig, q_bound: float) -> Predictor | None:
+    """The run's predictor from `stopper` settings (None for kind 'none')."""
+    s = cfg.stopper
+    return build_predictor(
+        s.kind,
+        q_bound,
+        seem_threshold=s.seem_threshold,
+        patience=s.patience,
+        q_bound_factor=s.q_bound_factor,
+        growth_horizon=s.growth_horizon,
+        grace_steps=s.grace_steps,
+    )
+
+
+def format_progress(step: int, total: int, m: dict[str, float]) -> str:
+    """One progress line: step, speed, Q on the probe, SEEM, critic loss."""
+    parts = [f"step {step}/{total}", f"{m.get(M.STEPS_PER_S, 0.0):.0f} steps/s"]
+    if M.Q_MEAN in m:
+        parts.append(f"Q {m[M.Q_MEAN]:.3g}")
+    if M.SEEM in m:
+        parts.append(f"SEEM {m[M.SEEM]:+.3f}")
+    if M.CRITIC_LOSS in m:
+        parts.append(f"loss {m[M.CRITIC_LOSS]:.3g}")
+    if M.NORMALIZED_SCORE in m:
+        parts.append(f"score {m[M.NORMALIZED_SCORE]:.1f}")
+    return " | ".join(parts)
+
+
+def _read_history(path: Path, upto_step: int) -> list[dict[str, float]]:
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            rec = json.loads(line)
+            if rec.get(M.STEP, 0) <= upto_step:
+                out.append(rec)
+    return out
+
+
+def _json_float(x: float) -> float | str:
+    return x if math.isfinite(x) else str(x)
+
+
+def run_local(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False) -> RunSummary:
+    """Train one run in this process, writing the run folder; returns the summary.
+
+    Args:
+        cfg: validated config.
+        run_dir: output folder; must be new or empty unless ``resume``.
+        resume: continue from ``run_dir/checkpoint`` (same config required).
+    """
+    run_dir = Path(run_dir).resolve()
+    ckpt_dir = run_dir / "checkpoint"
+    metrics_path = run_dir / "metrics.jsonl"
+    if resume:
+        if not (ckpt_dir / "state.pt").exists():
+            raise CheckpointError(f"nothing to resume in {run_dir}: no checkpoint/state.pt; start without --resume")
+    elif run_dir.exists() and any(run_dir.iterdir()):
+        raise FileExistsError(f"run folder {run_dir} is not empty; pass --resume to continue it or choose another --run-dir")
+
+    seed_everything(cfg.train.seed)
+    device = pick_device(cfg.train.device)
+    data = prepare_data(cfg)
+    run = TrainingRun(cfg, data, device)
+    fingerprint = config_fingerprint(run.fingerprint_parts())
+    history: list[dict[str, float]] = []
+    if resume:
+        state = load_checkpoint(ckpt_dir, fingerprint)
+        run.load_state_dict(state)
+        history = _read_history(metrics_path, run.step)
+        log.info("resuming %s from step %d", run_dir, run.step)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    # Rewrite the metrics file up to the checkpoint: steps after it will be trained again.
+    atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in history))
+
+    predictor = make_predictor(cfg, data.q_bound)
+    verdict = Verdict()
+    for rec in history:  # predictor state is a pure function of the history: replay it
+        if predictor is not None:
+            verdict = predictor.update(int(rec[M.STEP]), rec)
+
+    started = time.perf_counter()
+    log.info(
+        "training %s on %s (%d transitions, q_bound %.3g) for %d steps on %s",
+        cfg.algo.name,
+        cfg.data.dataset,
+        len(data.transitions),
+        data.q_bound,
+        cfg.train.steps,
+        device,
+    )
+
+    def on_report(r: TrainingRun, rep: Report) -> bool:
+        nonlocal verdict
+        record = dict(rep.metrics)
+        if predictor is not None:
+            verdict = predictor.update(rep.step, record)
+        with metrics_path.open("a") as fh:
+            fh.write(json.dumps({k: _json_float(v) for k, v in record.items()}) + "\n")
+        history.append(record)
+        if rep.checkpoint_due or verdict.diverging:
+            save_checkpoint(ckpt_dir, r.state_dict(), fingerprint)
+        line = format_progress(rep.step, cfg.train.steps, record)
+        if verdict.diverging:
+            line += f" | DIVERGING ({verdict.reason}, since step {verdict.since})"
+        log.info(line)
+        return verdict.diverging
+
+    steps = run.run(on_report)
+    wall = time.perf_counter() - started
+    summary = RunSummary(
+        run_dir=str(run_dir),
+        steps=steps,
+        stop_reason=verdict.reason if verdict.diverging and verdict.reason else M.REASON_BUDGET,
+        diverged_since=verdict.since,
+        final_metrics=history[-1] if history else {},
+        wall_seconds=wall,
+        seem_seconds=run.seem_seconds,
+        q_bound=data.q_bound,
+        history=history,
+    )
+    body: dict[str, Any] = {
+        "run_dir": summary.run_dir,
+        "steps": summary.steps,
+        "stop_reason": summary.stop_reason,
+        "diverged_since": summary.diverged_since,
+        "q_bound": summary.q_bound,
+        "wall_seconds": round(wall, 3),
+        "seem_seconds": round(run.seem_seconds, 3),
+        "seem_share": round(summary.seem_share, 4),
+        "final_metrics": {k: _json_float(v) for k, v in summary.final_metrics.items()},
+    }
+    atomic_write_text(run_dir / "summary.json", json.dumps(body, indent=2) + "\n")
+    log.info(
+        "done: %d steps in %.1fs, stop reason %s, SEEM share of wall time %.1f%%",
+        steps,
+        wall,
+        summary.stop_reason,
+        100 * summary.seem_share,
+    )
+    return summary
