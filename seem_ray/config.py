@@ -619,6 +619,8 @@ def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
     for key, value in data.items():
         dotted = f"{prefix}.{key}" if prefix else str(key)
         if key not in names:
+            if not str(key).isidentifier():
+                dotted = f"{prefix}.{key!r}" if prefix else repr(key)
             raise ConfigError(dotted, f"unknown key{_closest(str(key), names)}; allowed: {', '.join(names)}")
         kwargs[key] = _coerce(value, hints[key], dotted)
     try:

@@ -22,8 +22,8 @@ Records may carry other keys and may lack ``seem`` between probes. Predictors:
 
 from __future__ import annotations
 
+import bisect
 import math
-from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
@@ -163,67 +163,71 @@ class SeemPredictor(_Latching):
 class GrowthPredictor(_Latching):
     """Power-law growth of |Q| (paper, Adam: Q = Theta(t^L) once diverging), projected to the bound.
 
-    Keeps the last ``window`` probe values of |mean Q|. The trend is "growing" when they rise
-    monotonically by at least ``min_ratio`` overall. The local log-log slope s of the last points
-    projects the crossing step t_x = t * (bound/|Q|)^(1/s); the predictor flags when t_x falls within
-    ``horizon`` times the current step.
+    The growth order over the last doubling of steps, s = log(|Q_t| / |Q_t/2|) / log 2, is about
+    L for a diverging L-layer critic and below 1 for a healthy critic settling on its values
+    (saturating curves). The predictor flags when s >= ``min_order`` on ``sustain`` consecutive
+    records and the projection t_x = t * (bound / |Q_t|)^(1/s) falls within ``horizon`` x t.
     """
 
     def __init__(
-        self, q_bound: float, *, window: int = 5, min_ratio: float = 2.0, horizon: float = 4.0
+        self, q_bound: float, *, min_order: float = 1.5, sustain: int = 3, horizon: float = 4.0
     ) -> None:
         super().__init__()
         if not q_bound > 0:
             raise ValueError(f"q_bound must be > 0, got {q_bound!r}")
-        if window < 3:
-            raise ValueError(f"window must be >= 3, got {window!r}")
-        if not min_ratio > 1:
-            raise ValueError(f"min_ratio must be > 1, got {min_ratio!r}")
+        if not min_order > 0:
+            raise ValueError(f"min_order must be > 0, got {min_order!r}")
+        if sustain < 1:
+            raise ValueError(f"sustain must be >= 1, got {sustain!r}")
         if not horizon > 1:
             raise ValueError(f"horizon must be > 1, got {horizon!r}")
         self.q_bound = q_bound
-        self.window = window
-        self.min_ratio = min_ratio
+        self.min_order = min_order
+        self.sustain = sustain
         self.horizon = horizon
-        self.history: deque[tuple[int, float]] = deque(maxlen=window)
+        self.steps: list[int] = []
+        self.values: list[float] = []
+        self.sustained = 0
         self.predicted_step: int | None = None
 
     def observe(self, step: int, metrics: Mapping[str, float]) -> None:
         """Record |mean Q| of a record (records at or before the last step are ignored)."""
         q = metrics.get(M.Q_MEAN)
-        if _finite(q) and step > 0 and (not self.history or step > self.history[-1][0]):
-            self.history.append((step, abs(q)))  # type: ignore[arg-type]
+        if _finite(q) and step > 0 and (not self.steps or step > self.steps[-1]):
+            self.steps.append(step)
+            self.values.append(abs(q))  # type: ignore[arg-type]
 
-    def growing(self, min_ratio: float | None = None) -> bool:
-        """Monotone rise over the window by at least ``min_ratio``."""
-        pts = list(self.history)
-        if len(pts) < self.window:
-            return False
-        ratio = self.min_ratio if min_ratio is None else min_ratio
-        rising = all(b[1] > a[1] for a, b in zip(pts, pts[1:], strict=False))
-        return rising and pts[0][1] > 0 and pts[-1][1] >= ratio * pts[0][1]
+    def order(self) -> float | None:
+        """Growth exponent of |Q| over the last doubling of steps (None without enough history)."""
+        if len(self.steps) < 2:
+            return None
+        t, q = self.steps[-1], self.values[-1]
+        i = max(0, bisect.bisect_right(self.steps, t / 2) - 1)
+        t_half, q_half = self.steps[i], self.values[i]
+        if t_half >= t or q_half <= 0 or q <= 0:
+            return None
+        return math.log(q / q_half) / math.log(t / t_half)
 
     def project(self) -> int | None:
-        """Projected step where |Q| reaches the bound from the local log-log slope, or None."""
-        pts = list(self.history)
-        if len(pts) < 3 or not math.isfinite(self.q_bound):
+        """Projected step at which |Q| reaches the bound at the current order, or None."""
+        s = self.order()
+        if s is None or s <= 0 or not math.isfinite(self.q_bound):
             return None
-        (t0, q0), (t1, q1) = pts[-3], pts[-1]
-        if q0 <= 0 or q1 <= q0 or t1 <= t0:
-            return None
-        slope = math.log(q1 / q0) / math.log(t1 / t0)
-        if slope <= 0:
-            return None
-        if q1 >= self.q_bound:
-            return t1
-        return int(t1 * (self.q_bound / q1) ** (1.0 / slope))
+        t, q = self.steps[-1], self.values[-1]
+        if q >= self.q_bound:
+            return t
+        log_t = math.log(t) + math.log(self.q_bound / q) / s  # in logs: tiny orders overflow
+        return int(math.exp(min(log_t, 34.0)))
 
     def update(self, step: int, metrics: Mapping[str, float]) -> Verdict:
         self.observe(step, metrics)
+        s = self.order()
+        self.sustained = self.sustained + 1 if s is not None and s >= self.min_order else 0
         self.predicted_step = self.project()
-        if self.growing() and self.predicted_step is not None:
+        if self.sustained >= self.sustain and self.predicted_step is not None:
             if self.predicted_step <= self.horizon * step:
-                return self._flag(step, M.REASON_GROWTH, self.history[0][0], self.predicted_step)
+                since = self.steps[max(0, len(self.steps) - self.sustained)]
+                return self._flag(step, M.REASON_GROWTH, since, self.predicted_step)
         return self.verdict
 
 
@@ -237,7 +241,8 @@ class CompositePredictor(_Latching):
         q_bound_factor: Q-bound multiplier for the hard check.
         growth_horizon: see :class:`GrowthPredictor`.
         grace_steps: no verdict from SEEM/growth before this step (NaN/Q-bound always count).
-        confirm_ratio: |Q| rise over the growth window that confirms a SEEM streak.
+        confirm_order: growth order of |Q| (over the last doubling of steps) that confirms a
+            SEEM streak; healthy critics settling on their values stay below 1.
     """
 
     def __init__(
@@ -249,15 +254,15 @@ class CompositePredictor(_Latching):
         q_bound_factor: float = 1.0,
         growth_horizon: float = 4.0,
         grace_steps: int = 0,
-        confirm_ratio: float = 1.3,
+        confirm_order: float = 1.0,
         use_growth: bool = True,
     ) -> None:
         super().__init__()
         self.bound = QBoundPredictor(q_bound, q_bound_factor)
         self.seem = SeemPredictor(seem_threshold, patience)
-        self.growth = GrowthPredictor(q_bound * q_bound_factor, window=max(3, patience + 1), horizon=growth_horizon)
+        self.growth = GrowthPredictor(q_bound * q_bound_factor, sustain=patience, horizon=growth_horizon)
         self.grace_steps = grace_steps
-        self.confirm_ratio = confirm_ratio
+        self.confirm_order = confirm_order
         self.use_growth = use_growth
 
     def update(self, step: int, metrics: Mapping[str, float]) -> Verdict:
@@ -265,16 +270,14 @@ class CompositePredictor(_Latching):
         if hard.diverging:
             return self._flag(step, hard.reason or M.REASON_Q_BOUND, hard.since or step)
         self.seem.update(step, metrics)
-        self.growth.observe(step, metrics)
-        predicted = self.growth.project()
+        g = self.growth.update(step, metrics)
         if step < self.grace_steps:
             return self.verdict
-        if self.seem.persistent and self.growth.growing(self.confirm_ratio):
-            return self._flag(step, M.REASON_SEEM, self.seem.streak_start or step, predicted)
-        if self.use_growth:
-            g = self.growth.update(step, {})  # history already observed
-            if g.diverging:
-                return self._flag(step, M.REASON_GROWTH, g.since or step, g.predicted_step)
+        order = self.growth.order()
+        if self.seem.persistent and order is not None and order >= self.confirm_order:
+            return self._flag(step, M.REASON_SEEM, self.seem.streak_start or step, self.growth.predicted_step)
+        if self.use_growth and g.diverging:
+            return self._flag(step, M.REASON_GROWTH, g.since or step, g.predicted_step)
         return self.verdict
 
 
