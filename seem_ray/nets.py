@@ -123,6 +123,11 @@ def build_mlp(
 # --------------------------------------------------------------------------------------------
 
 
+def _sel(t: torch.Tensor, heads: slice | None) -> torch.Tensor:
+    """Rows `heads` of a per-head tensor; None = all heads, without a slice op in the graph."""
+    return t if heads is None else t[heads]
+
+
 class _EnsembleLinear(nn.Module):
     """E Linear layers stored as [E, in, out]; optional per-head spectral or weight norm.
 
@@ -161,32 +166,32 @@ class _EnsembleLinear(nn.Module):
             self.sn_u.copy_(F.normalize(torch.randn_like(self.sn_u), dim=1, eps=_SN_EPS))
             self.sn_v.copy_(F.normalize(torch.randn_like(self.sn_v), dim=1, eps=_SN_EPS))
             for _ in range(_SN_INIT_ITERS):
-                self._power_iteration(slice(None))
+                self._power_iteration(None)
 
     @torch.no_grad()
-    def _power_iteration(self, heads: slice) -> None:
-        w = self.weight[heads]
-        v = F.normalize(torch.einsum("eio,eo->ei", w, self.sn_u[heads]), dim=1, eps=_SN_EPS)
+    def _power_iteration(self, heads: slice | None) -> None:
+        w = _sel(self.weight, heads)
+        v = F.normalize(torch.einsum("eio,eo->ei", w, _sel(self.sn_u, heads)), dim=1, eps=_SN_EPS)
         u = F.normalize(torch.einsum("eio,ei->eo", w, v), dim=1, eps=_SN_EPS)
-        self.sn_v[heads] = v
-        self.sn_u[heads] = u
+        _sel(self.sn_v, heads).copy_(v)
+        _sel(self.sn_u, heads).copy_(u)
 
-    def effective_weight(self, heads: slice = slice(None)) -> torch.Tensor:
+    def effective_weight(self, heads: slice | None = None) -> torch.Tensor:
         """The weight the layer applies, [e, in, out] (after spectral/weight normalization)."""
         if self.kind == "weight":
-            v = self.weight_v[heads]
-            return v * (self.weight_g[heads] / v.norm(dim=1, keepdim=True))
-        w = self.weight[heads]
+            v = _sel(self.weight_v, heads)
+            return v * (_sel(self.weight_g, heads) / v.norm(dim=1, keepdim=True))
+        w = _sel(self.weight, heads)
         if self.kind != "spectral":
             return w
         if self.training:
             self._power_iteration(heads)
-        u, v = self.sn_u[heads].clone(), self.sn_v[heads].clone()
+        u, v = _sel(self.sn_u, heads).clone(), _sel(self.sn_v, heads).clone()
         sigma = torch.einsum("eo,eio,ei->e", u, w, v)
         return w / sigma[:, None, None]
 
-    def forward(self, h: torch.Tensor, heads: slice = slice(None)) -> torch.Tensor:
-        return torch.baddbmm(self.bias[heads], h, self.effective_weight(heads))
+    def forward(self, h: torch.Tensor, heads: slice | None = None) -> torch.Tensor:
+        return torch.baddbmm(_sel(self.bias, heads), h, self.effective_weight(heads))
 
 
 class _EnsembleFeatureNorm(nn.Module):
@@ -216,21 +221,22 @@ class _EnsembleFeatureNorm(nn.Module):
             self.running_var.fill_(1.0)
             self.num_batches_tracked.zero_()
 
-    def forward(self, h: torch.Tensor, heads: slice = slice(None)) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, heads: slice | None = None) -> torch.Tensor:
         if self.kind == "layer":
-            return torch.addcmul(self.bias[heads], F.layer_norm(h, (self.width,), eps=_LN_EPS), self.weight[heads])
+            normed = F.layer_norm(h, (self.width,), eps=_LN_EPS)
+            return torch.addcmul(_sel(self.bias, heads), normed, _sel(self.weight, heads))
         if self.kind == "rms":
-            return F.rms_norm(h, (self.width,)) * self.weight[heads]
+            return F.rms_norm(h, (self.width,)) * _sel(self.weight, heads)
         # BatchNorm per head = BatchNorm over E*d channels of the [B, E*d] view.
         e, b, d = h.shape
         if self.training:
             self.num_batches_tracked.add_(1)
         flat = F.batch_norm(
             h.transpose(0, 1).reshape(b, e * d),
-            self.running_mean[heads].view(-1),
-            self.running_var[heads].view(-1),
-            self.weight[heads].reshape(-1),
-            self.bias[heads].reshape(-1),
+            _sel(self.running_mean, heads).view(-1),
+            _sel(self.running_var, heads).view(-1),
+            _sel(self.weight, heads).reshape(-1),
+            _sel(self.bias, heads).reshape(-1),
             training=self.training,
             momentum=_BN_MOMENTUM,
             eps=_LN_EPS,
@@ -287,8 +293,8 @@ class EnsembleCritic(nn.Module):
             if isinstance(m, _EnsembleLinear | _EnsembleFeatureNorm):
                 m.reset_parameters()
 
-    def _run(self, x: torch.Tensor, heads: slice) -> torch.Tensor:
-        e = len(range(self.ensemble)[heads])
+    def _run(self, x: torch.Tensor, heads: slice | None) -> torch.Tensor:
+        e = self.ensemble if heads is None else len(range(self.ensemble)[heads])
         h = x.unsqueeze(0).expand(e, *x.shape)
         for lin, norm, kind in zip(self.linears, self.norms, self.kinds, strict=True):
             h = lin(h, heads)
@@ -304,7 +310,7 @@ class EnsembleCritic(nn.Module):
 
     def forward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
         """Q of every head, [E, B]."""
-        return self._run(torch.cat([obs, act], dim=-1), slice(None))
+        return self._run(torch.cat([obs, act], dim=-1), None)
 
     def forward_head(self, obs: torch.Tensor, act: torch.Tensor, head: int) -> torch.Tensor:
         """Q of one head, [B], computing only that head (e.g. TD3's actor loss on Q_1)."""

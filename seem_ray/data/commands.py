@@ -37,6 +37,8 @@ def cmd_make(args: argparse.Namespace) -> int:
         episodes=args.episodes,
         steps=args.steps,
         episode_steps=args.episode_steps,
+        ref_episodes=args.ref_episodes,
+        start_steps=args.start_steps,
         seed=args.seed,
         overwrite=args.overwrite,
     )
@@ -91,6 +93,12 @@ def register(subparsers: Any) -> None:
     )
     make.add_argument(
         "--episode-steps", type=int, default=None, help="maze: steps per collected episode"
+    )
+    make.add_argument(
+        "--ref-episodes", type=int, default=10, help="episodes per measured reference score"
+    )
+    make.add_argument(
+        "--start-steps", type=int, default=None, help="replay: random steps before TD3 acts"
     )
     make.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
     make.set_defaults(func=cmd_make)

@@ -151,6 +151,11 @@ def _recipe(name: str) -> Recipe:
     return RECIPES[short]
 
 
+def _maze_of(env: gym.Env) -> Any:
+    """The PointMaze env's maze (grid + cell/xy conversions)."""
+    return env.unwrapped.maze  # type: ignore[attr-defined]
+
+
 def _make_env(env_id: str, **kwargs: Any) -> gym.Env:
     if env_id.startswith("PointMaze"):
         import gymnasium_robotics
@@ -245,7 +250,9 @@ class MazePlanner:
         return out if np.ndim(obs) == 2 else out[0]
 
 
-def _random_policy(space: gym.spaces.Box, seed: int) -> Policy:
+def _random_policy(space: gym.Space, seed: int) -> Policy:
+    """Uniform actions over a Box, seeded (the reference-min policy and the random datasets)."""
+    assert isinstance(space, gym.spaces.Box)
     rng = np.random.default_rng(seed)
     low, high = space.low.astype(np.float32), space.high.astype(np.float32)
 
@@ -356,7 +363,7 @@ def _collect_maze(
     env = _make_env(
         recipe.env_id, continuing_task=True, reset_target=True, max_episode_steps=episode_steps
     )
-    planner = MazePlanner(env.unwrapped.maze, noise=noise, seed=seed)
+    planner = MazePlanner(_maze_of(env), noise=noise, seed=seed)
     buffers = _collect(env, planner, seed=seed, episodes=episodes, steps=None, label=recipe.name)
     return buffers, env
 
@@ -370,12 +377,51 @@ def _online_td3(
     batch_size: int = 256,
     expl_noise: float = 0.1,
     hidden: tuple[int, ...] = (256, 256),
+    threads: int = 1,
 ) -> tuple[list[Any], gym.Env]:
     """Online TD3 (the project's TD3+BC with bc_weight=0) on the env; returns its replay buffer.
 
     Exploration: uniform random actions for `start_steps`, then the actor plus Gaussian noise
     of std `expl_noise * max_action`. One update per env step from the growing buffer.
+    Torch runs on `threads` threads: batch-256 updates of 256-wide nets gain little from
+    more, and on a shared CPU oversubscribed threads made updates ~15x slower (measured).
     """
+
+    with _torch_threads(threads):
+        return _online_td3_loop(
+            recipe,
+            steps=steps,
+            seed=seed,
+            start_steps=start_steps,
+            batch_size=batch_size,
+            expl_noise=expl_noise,
+            hidden=hidden,
+        )
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    """Limit torch's intra-op threads for the duration, then restore the previous count."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(max(1, min(n, old)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def _online_td3_loop(
+    recipe: Recipe,
+    *,
+    steps: int,
+    seed: int,
+    start_steps: int,
+    batch_size: int,
+    expl_noise: float,
+    hidden: tuple[int, ...],
+) -> tuple[list[Any], gym.Env]:
     import torch
 
     from seem_ray.algos import build_algorithm
@@ -385,7 +431,7 @@ def _online_td3(
     env = _make_env(recipe.env_id)
     space = env.action_space
     assert isinstance(space, gym.spaces.Box)
-    obs_dim = int(np.prod(env.observation_space.shape))
+    obs_dim = int(np.prod(env.observation_space.shape or ()))
     act_dim = int(space.shape[0])
     max_action = float(space.high[0])
     torch.manual_seed(seed)
@@ -416,10 +462,10 @@ def _online_td3(
         else:
             with torch.no_grad():
                 mean = algo.act(torch.as_tensor(obs, dtype=torch.float32)[None])
-            action = mean.reshape(act_dim).cpu().numpy() + rng.normal(
+            noisy = mean.reshape(act_dim).cpu().numpy() + rng.normal(
                 0, expl_noise * max_action, act_dim
             )
-            action = np.clip(action, -max_action, max_action).astype(np.float32)
+            action = np.clip(noisy, -max_action, max_action).astype(np.float32)
         next_obs, reward, term, trunc, _ = env.step(action)
         buf_obs[t], buf_act[t], buf_rew[t], buf_next[t], buf_done[t] = (
             obs,
@@ -617,6 +663,10 @@ def make_dataset(
     ):
         if value is not None and value < 1:
             raise ConfigError(opt, f"got {value!r}; expected an integer >= 1")
+    if not (noise >= 0 and np.isfinite(noise)):
+        raise ConfigError("noise", f"got {noise!r}; expected a finite number >= 0")
+    if start_steps is not None and start_steps < 0:
+        raise ConfigError("start_steps", f"got {start_steps!r}; expected an integer >= 0")
     if recipe.kind == "replay" and episodes is not None:
         raise ConfigError(
             "episodes", f"{recipe.name} is sized by --steps (env steps of online TD3), not episodes"
@@ -652,7 +702,7 @@ def make_dataset(
                 seed + 10_000,
             )
             ref_max = _mean_return(
-                eval_env.spec, MazePlanner(eval_env.unwrapped.maze), ref_episodes, seed + 10_000
+                eval_env.spec, MazePlanner(_maze_of(eval_env)), ref_episodes, seed + 10_000
             )
             eval_env.close()
             algorithm = f"BFS waypoint planner + PD controller, action noise std {noise}"
@@ -705,4 +755,26 @@ def make_dataset(
         n_steps_total,
         time.monotonic() - t0,
     )
+    return dataset_id
+
+
+def ensure_dataset(dataset_id: str, **make_kwargs: Any) -> str:
+    """Make a local recipe's dataset if it is missing; any other id is left to the loader.
+
+    Ray workers on other nodes call this too: generation is seeded, so every node builds the same
+    data, and a concurrent maker on the same node losing the final rename is harmless.
+    """
+    root = datasets_dir()
+    if (root / dataset_id).exists():
+        return dataset_id
+    namespace, _, rest = dataset_id.partition("/")
+    name = rest.rsplit("-v", 1)[0]
+    if namespace != NAMESPACE or name not in RECIPES:
+        return dataset_id
+    log.info("dataset %s not found under %s: generating it (one time)", dataset_id, root)
+    try:
+        make_dataset(name, **make_kwargs)
+    except DataError:
+        if not (root / dataset_id).exists():
+            raise
     return dataset_id

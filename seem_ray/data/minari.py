@@ -262,6 +262,11 @@ def load_transitions(dataset_id: str, *, download: bool = False) -> tuple[Transi
     except DataError:
         raise
     except Exception as err:  # pyarrow.ArrowInvalid, OSError, decode errors: corrupt files
+        if "reshape" in str(err):
+            raise DataError(
+                f"dataset {dataset_id!r}: stored arrays do not fit the dataset's observation/"
+                f"action spaces ({err}); the files do not match their metadata: regenerate it"
+            ) from None
         raise _unreadable(dataset_id, err) from None
     if not rew:
         raise DataError(
@@ -310,8 +315,8 @@ def load_transitions(dataset_id: str, *, download: bool = False) -> tuple[Transi
     return data, info
 
 
-def _folder_size_mb(path: Path) -> float:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 1e6
+def _folder_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
 def dataset_summary(dataset_id: str) -> dict[str, Any]:
@@ -319,13 +324,14 @@ def dataset_summary(dataset_id: str) -> dict[str, Any]:
 
     Returns:
         dict with keys dataset_id, episodes, transitions, obs_dim, act_dim, ref_min_score,
-        ref_max_score, env_id, eval_env_id, size_mb, algorithm, description.
+        ref_max_score, env_id, eval_env_id, size_bytes, size_mb, algorithm, description.
     """
     dataset = open_dataset(dataset_id)
     metadata = dataset.storage.metadata
     eval_spec = metadata.get("eval_env_spec")
     eval_env_id = json.loads(eval_spec).get("id") if isinstance(eval_spec, str) else None
     act_space = dataset.action_space
+    size = _folder_bytes(dataset_path(dataset_id))
     return {
         "dataset_id": dataset_id,
         "episodes": int(dataset.total_episodes),
@@ -336,7 +342,8 @@ def dataset_summary(dataset_id: str) -> dict[str, Any]:
         "ref_max_score": _optional_float(metadata.get("ref_max_score")),
         "env_id": _env_id(dataset),
         "eval_env_id": eval_env_id or _env_id(dataset),
-        "size_mb": round(_folder_size_mb(dataset_path(dataset_id)), 2),
+        "size_bytes": size,
+        "size_mb": round(size / 1e6, 3),
         "algorithm": metadata.get("algorithm_name"),
         "description": metadata.get("description"),
     }
