@@ -7,14 +7,14 @@
 # The scoped form is the one to use on a machine shared with other Ray users (and in tests):
 # it signals the Ray daemons whose command line names DIR/session_* (GCS, raylets, monitor,
 # dashboard, log monitors) plus their descendants (agents, workers), SIGTERM first, SIGKILL
-# after --grace seconds. `ray stop` has no such scope: it matches processes by name.
+# after --grace N seconds [10]. `ray stop` has no such scope: it matches processes by name.
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 RAY=${RAY:-$REPO/.venv/bin/ray}
 TEMP_DIR=""
 GRACE=10
 
-usage() { sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --temp-dir) TEMP_DIR=$2; shift 2 ;;
@@ -81,6 +81,12 @@ else
   if [ ${#alive[@]} -gt 0 ]; then
     say "SIGKILL to ${#alive[@]} processes still alive after ${GRACE}s (pids ${alive[*]})"
     kill -KILL "${alive[@]}" 2>/dev/null || true
+    for _ in $(seq 1 20); do
+      left=0
+      for pid in "${alive[@]}"; do is_alive "$pid" && left=1; done
+      [ $left = 0 ] && break
+      sleep 0.25
+    done
   fi
   say "stopped"
 fi

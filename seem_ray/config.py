@@ -318,6 +318,8 @@ class TrainConfig:
     """auto (cuda if available), cpu or cuda."""
     bf16: bool = False
     """bfloat16 autocast for the forward passes (AMX CPUs, GPUs); SEEM stays fp32/fp64."""
+    threads: int = 0
+    """torch intra-op threads (0 = torch's default). 1 is fastest when processes share cores."""
 
     def __post_init__(self) -> None:
         _require(self.steps >= 1, "steps", self.steps, ">= 1")
@@ -326,6 +328,7 @@ class TrainConfig:
         _require(self.eval_episodes >= 0, "eval_episodes", self.eval_episodes, ">= 0")
         _require(self.checkpoint_every >= 0, "checkpoint_every", self.checkpoint_every, ">= 0")
         _choice("device", self.device, DEVICES)
+        _require(self.threads >= 0, "threads", self.threads, ">= 0 (0 = torch default)")
 
 
 @dataclass(frozen=True)
@@ -575,6 +578,11 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
             raise ConfigError(name, f"got {value!r}; expected an integer")
         return value
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads "3e-4" (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                raise ConfigError(name, f"got {value!r}; expected a number") from None
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(name, f"got {value!r}; expected a number")
         if not math.isfinite(float(value)):

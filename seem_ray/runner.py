@@ -27,7 +27,7 @@ from seem_ray.checkpoint import CheckpointError, config_fingerprint, load_checkp
 from seem_ray.config import RunConfig, to_dict
 from seem_ray.divergence import Predictor, Verdict, build_predictor
 from seem_ray.loop import Report, TrainingRun, prepare_data
-from seem_ray.runtime import atomic_write_text, pick_device, seed_everything
+from seem_ray.runtime import atomic_write_text, pick_device, seed_everything, set_threads
 
 __all__ = ["RunSummary", "format_progress", "make_predictor", "run_local"]
 
@@ -115,6 +115,7 @@ def run_local(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False) -> R
         raise FileExistsError(f"run folder {run_dir} is not empty; pass --resume to continue it or choose another --run-dir")
 
     seed_everything(cfg.train.seed)
+    set_threads(cfg.train.threads)
     device = pick_device(cfg.train.device)
     data = prepare_data(cfg)
     run = TrainingRun(cfg, data, device)

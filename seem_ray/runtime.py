@@ -19,6 +19,7 @@ __all__ = [
     "pick_device",
     "runs_dir",
     "seed_everything",
+    "set_threads",
     "setup_logging",
     "atomic_write_text",
 ]
@@ -34,6 +35,12 @@ def seed_everything(seed: int) -> torch.Generator:
     gen = torch.Generator()
     gen.manual_seed(seed)
     return gen
+
+
+def set_threads(threads: int) -> None:
+    """Set torch's intra-op threads when asked (0 keeps torch's default)."""
+    if threads > 0:
+        torch.set_num_threads(threads)
 
 
 def pick_device(name: str = "auto") -> torch.device:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -52,7 +52,11 @@ GRAM_METHODS = ("auto", "layerwise", "generic")
 # Probe sizes up to this use the dense solver under eig="auto": Arnoldi buys nothing there.
 DENSE_MAX_N = 512
 # Arnoldi accepts an eigenpair when ||A v - lam v|| <= ARNOLDI_TOL (A scaled to ||A||_F = 1).
-ARNOLDI_TOL = 1e-10
+ARNOLDI_TOL = 1e-9
+# Shift-invert rounds before the dense fallback.
+SHIFT_ROUNDS = 3
+# Largest shift-invert Krylov space per round.
+KRYLOV_MAX_DIM = 384
 # Memory budget (bytes) for the float64 temporaries of one row block of the Gram.
 _BLOCK_BYTES = 256 * 2**20
 # Memory budget (bytes) for materialised per-sample gradients on the generic path.
@@ -489,32 +493,129 @@ def _dense_eigs(a: np.ndarray) -> np.ndarray:
     return _sort_right(w)
 
 
-def _arnoldi_eigs(a: np.ndarray, k: int) -> np.ndarray | None:
-    """The k rightmost eigenvalues of a (||a||_F == 1) by shifted ARPACK, or None if unverified.
+class _BlockKrylov:
+    """Growing orthonormal basis of span{X, TX, T^2 X, ...} with A times it kept alongside."""
 
-    The shift a + I puts the spectrum in Re >= 0, so ARPACK's relative tolerance acts as an
-    absolute one in units of ||A||_F, which is what SEEM needs even when the rightmost
-    eigenvalues bunch near zero. Each returned pair is re-checked by its true residual.
+    def __init__(
+        self,
+        a: np.ndarray,
+        apply: Callable[[np.ndarray], np.ndarray],
+        block: int,
+        seed: int,
+        max_dim: int,
+    ) -> None:
+        n = a.shape[0]
+        self.a, self.apply, self.block = a, apply, block
+        self.max_dim = min(max_dim, n // 2)
+        self._v = np.empty((n, self.max_dim))
+        self._av = np.empty((n, self.max_dim))
+        q, _ = np.linalg.qr(np.random.default_rng(seed).standard_normal((n, block)))
+        self._v[:, :block] = q
+        self.dim = block
+        self._av_dim = 0  # columns of A @ basis computed so far (filled lazily, one GEMM)
+        self.exhausted = False
+
+    def extend(self, steps: int) -> None:
+        b = self.block
+        for _ in range(steps):
+            if self.exhausted or self.dim + b > self.max_dim:
+                self.exhausted = True
+                return
+            basis = self._v[:, : self.dim]
+            w = self.apply(self._v[:, self.dim - b : self.dim])
+            for _ in range(2):  # classical Gram-Schmidt twice: orthogonal to working precision
+                w -= basis @ (basis.T @ w)
+            q, r = np.linalg.qr(w)
+            if np.min(np.abs(np.diag(r))) <= 1e-12 * max(1.0, float(np.abs(r).max())):
+                self.exhausted = True  # (near-)invariant subspace: Ritz values are exact
+                return
+            self._v[:, self.dim : self.dim + b] = q
+            self.dim += b
+
+    def ritz(self, sigma: float | None = None, count: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """Rayleigh-Ritz of A on the basis: Ritz values and their true residual norms.
+
+        With sigma, only the `count` Ritz values nearest sigma, nearest first.
+        """
+        v, av = self._v[:, : self.dim], self._av[:, : self.dim]
+        if self._av_dim < self.dim:
+            av[:, self._av_dim :] = self.a @ v[:, self._av_dim :]
+            self._av_dim = self.dim
+        vals, y = scipy.linalg.eig(v.T @ av, check_finite=False)
+        if sigma is not None:
+            keep = np.argsort(np.abs(vals - sigma))[:count]
+            vals, y = vals[keep], y[:, keep]
+        y /= np.linalg.norm(y, axis=0)
+        resid = np.linalg.norm(av @ y - (v @ y) * vals[None, :], axis=0)
+        return vals, resid
+
+
+def _arnoldi_eigs(a: np.ndarray, k: int) -> np.ndarray | None:
+    """The k rightmost eigenvalues of a (||a||_F == 1) by shift-invert block Krylov, or None.
+
+    Plain Krylov resolves the rightmost eigenvalue very slowly when it sits in the dense cluster
+    near zero that -G(X, X) produces (a converging critic: thousands of matrix-vector products),
+    so: (1) a short block Krylov on `a` locates the right edge and any outlier; (2) one LU of
+    a - sigma I, sigma just right of that edge, makes the eigenvalues nearest sigma dominant; a
+    block Krylov on the inverse plus Rayleigh-Ritz with `a` gets them to residual ARNOLDI_TOL.
+    The answer is accepted only when the wanted Ritz pairs nearest sigma have all converged, lie
+    left of sigma, their disk covers the strip between them and sigma, and no localisation Ritz
+    value lies further right; otherwise sigma moves (at most SHIFT_ROUNDS) and then None (dense).
     """
     n = a.shape[0]
-    nev = max(k, 1) + 2
-    ncv = min(n - 1, max(2 * nev + 1, 40))
-    if nev >= n - 1:
+    want = max(k, 1) + 5
+    if n < 128:
         return None
-    shifted = a + np.eye(n)
-    v0 = np.random.default_rng(0).standard_normal(n)
-    try:
-        vals, vecs = scipy.sparse.linalg.eigs(
-            shifted, k=nev, which="LR", tol=ARNOLDI_TOL, ncv=ncv, v0=v0, maxiter=max(100, n)
+    local = _BlockKrylov(a, lambda x: a @ x, 8, seed=1, max_dim=48)
+    local.extend(5)
+    theta, rho = local.ritz()
+    edge = float(theta.real.max())
+    outliers = float(np.max(theta.real - rho))
+    sigma = edge + max(abs(edge), 1e-4)
+    for attempt in range(SHIFT_ROUNDS):
+        try:
+            shifted = a.copy()
+            shifted.flat[:: n + 1] -= sigma
+            lu = scipy.linalg.lu_factor(shifted, check_finite=False, overwrite_a=True)
+        except (ValueError, np.linalg.LinAlgError):
+            return None
+        space = _BlockKrylov(
+            a,
+            lambda x, lu=lu: scipy.linalg.lu_solve(lu, x, check_finite=False),
+            8,
+            seed=2 + attempt,
+            max_dim=KRYLOV_MAX_DIM,
         )
-    except scipy.sparse.linalg.ArpackNoConvergence:
-        return None
-    vals = vals - 1.0
-    resid = np.linalg.norm(a @ vecs - vecs * vals[None, :], axis=0)
-    if not np.all(np.isfinite(resid)) or resid.max() > 10 * ARNOLDI_TOL:
-        log.debug("Arnoldi residual %.3g too large; dense fallback", resid.max())
-        return None
-    return _sort_right(vals)[: max(k, 1)]
+        best, radius = math.inf, 0.0
+        space.extend(12)
+        while True:
+            vals, resid = space.ritz(sigma, want + 64)
+            # Ritz values converge nearest-first: keep the converged prefix.
+            bad = np.flatnonzero(resid > ARNOLDI_TOL)
+            found = vals[: bad[0] if bad.size else vals.size]
+            if found.size >= want:
+                radius = float(np.abs(found - sigma).max())
+                best = float(found.real.max())
+                if best >= sigma:
+                    break
+                if radius >= 1.5 * (sigma - best) and outliers <= best:
+                    return _sort_right(found)[: max(k, 1)]
+            if space.exhausted:
+                break
+            space.extend(6)
+        log.debug(
+            "shift-invert round %d: sigma=%.3g best=%.3g radius=%.3g outliers=%.3g",
+            attempt,
+            sigma,
+            best,
+            radius,
+            outliers,
+        )
+        if not math.isfinite(best):
+            return None
+        # Closer to the edge when the disk stayed too small; further right when inside.
+        sigma = best + (radius / 3 if best < sigma else max(sigma - edge, radius, 1e-4))
+    return None
 
 
 def _eigs(a: np.ndarray, method: str, k: int) -> tuple[np.ndarray, str]:

@@ -37,7 +37,7 @@ from seem_ray import metrics as M
 from seem_ray.checkpoint import config_fingerprint, load_checkpoint, save_checkpoint
 from seem_ray.config import RunConfig, parse_run_config, to_dict
 from seem_ray.loop import Report, TrainingRun, prepare_data
-from seem_ray.runtime import datasets_dir, seed_everything
+from seem_ray.runtime import datasets_dir, seed_everything, set_threads
 
 __all__ = ["Q_BOUND_KEY", "TrainFailure", "fit", "make_trainer", "ray_env_vars", "train_loop_per_worker"]
 
@@ -85,6 +85,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     seed_everything(cfg.train.seed)
+    set_threads(cfg.train.threads)
     device = _device(cfg)
     data = prepare_data(cfg)
     run = TrainingRun(cfg, data, device, rank=rank, world_size=world)
