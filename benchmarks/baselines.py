@@ -19,7 +19,9 @@ from torch import nn
 __all__ = ["BaselineBuffer", "BaselineCQL", "BaselineIQL", "BaselineTD3BC", "make_baseline"]
 
 
-def mlp(in_dim: int, out_dim: int, hidden: tuple[int, ...], layer_norm: bool = False) -> nn.Sequential:
+def mlp(
+    in_dim: int, out_dim: int, hidden: tuple[int, ...], layer_norm: bool = False
+) -> nn.Sequential:
     layers: list[nn.Module] = []
     d = in_dim
     for h in hidden:
@@ -33,7 +35,9 @@ def mlp(in_dim: int, out_dim: int, hidden: tuple[int, ...], layer_norm: bool = F
 
 
 class Critic(nn.Module):
-    def __init__(self, obs_dim: int, act_dim: int, hidden: tuple[int, ...], layer_norm: bool) -> None:
+    def __init__(
+        self, obs_dim: int, act_dim: int, hidden: tuple[int, ...], layer_norm: bool
+    ) -> None:
         super().__init__()
         self.net = mlp(obs_dim + act_dim, 1, hidden, layer_norm)
 
@@ -49,7 +53,15 @@ def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:
 class BaselineBuffer:
     """CORL's ReplayBuffer.sample: numpy random indices, one index op per field."""
 
-    def __init__(self, obs: np.ndarray, act: np.ndarray, rew: np.ndarray, next_obs: np.ndarray, done: np.ndarray, batch_size: int) -> None:
+    def __init__(
+        self,
+        obs: np.ndarray,
+        act: np.ndarray,
+        rew: np.ndarray,
+        next_obs: np.ndarray,
+        done: np.ndarray,
+        batch_size: int,
+    ) -> None:
         self.obs, self.act = torch.tensor(obs), torch.tensor(act)
         self.rew, self.next_obs = torch.tensor(rew)[:, None], torch.tensor(next_obs)
         self.done = torch.tensor(done)[:, None]
@@ -61,9 +73,21 @@ class BaselineBuffer:
 
 
 class BaselineTD3BC:
-    def __init__(self, obs_dim: int, act_dim: int, hidden: tuple[int, ...], layer_norm: bool = False,
-                 max_action: float = 1.0, gamma: float = 0.99, tau: float = 0.005, lr: float = 3e-4,
-                 policy_noise: float = 0.2, noise_clip: float = 0.5, policy_freq: int = 2, alpha: float = 2.5) -> None:
+    def __init__(
+        self,
+        obs_dim: int,
+        act_dim: int,
+        hidden: tuple[int, ...],
+        layer_norm: bool = False,
+        max_action: float = 1.0,
+        gamma: float = 0.99,
+        tau: float = 0.005,
+        lr: float = 3e-4,
+        policy_noise: float = 0.2,
+        noise_clip: float = 0.5,
+        policy_freq: int = 2,
+        alpha: float = 2.5,
+    ) -> None:
         import copy
 
         self.actor = nn.Sequential(mlp(obs_dim, act_dim, hidden), nn.Tanh())
@@ -86,8 +110,12 @@ class BaselineTD3BC:
         state, action, reward, next_state, done = batch
         not_done = 1 - done
         with torch.no_grad():
-            noise = (torch.randn_like(action) * self.policy_noise).clamp(-self.noise_clip, self.noise_clip)
-            next_action = (self.max_action * self.actor_target(next_state) + noise).clamp(-self.max_action, self.max_action)
+            noise = (torch.randn_like(action) * self.policy_noise).clamp(
+                -self.noise_clip, self.noise_clip
+            )
+            next_action = (self.max_action * self.actor_target(next_state) + noise).clamp(
+                -self.max_action, self.max_action
+            )
             target_q1 = self.critic_1_target(next_state, next_action)
             target_q2 = self.critic_2_target(next_state, next_action)
             target_q = torch.min(target_q1, target_q2)
@@ -124,7 +152,9 @@ class BaselineTD3BC:
 
 
 class GaussianPolicy(nn.Module):
-    def __init__(self, obs_dim: int, act_dim: int, hidden: tuple[int, ...], max_action: float) -> None:
+    def __init__(
+        self, obs_dim: int, act_dim: int, hidden: tuple[int, ...], max_action: float
+    ) -> None:
         super().__init__()
         self.net = nn.Sequential(mlp(obs_dim, act_dim, hidden), nn.Tanh())
         self.log_std = nn.Parameter(torch.zeros(act_dim))
@@ -136,19 +166,41 @@ class GaussianPolicy(nn.Module):
 
 
 class BaselineIQL:
-    def __init__(self, obs_dim: int, act_dim: int, hidden: tuple[int, ...], layer_norm: bool = False,
-                 max_action: float = 1.0, gamma: float = 0.99, tau: float = 0.005, lr: float = 3e-4,
-                 iql_tau: float = 0.7, beta: float = 3.0, max_weight: float = 100.0) -> None:
+    def __init__(
+        self,
+        obs_dim: int,
+        act_dim: int,
+        hidden: tuple[int, ...],
+        layer_norm: bool = False,
+        max_action: float = 1.0,
+        gamma: float = 0.99,
+        tau: float = 0.005,
+        lr: float = 3e-4,
+        iql_tau: float = 0.7,
+        beta: float = 3.0,
+        max_weight: float = 100.0,
+    ) -> None:
         import copy
 
-        self.qf1, self.qf2 = Critic(obs_dim, act_dim, hidden, layer_norm), Critic(obs_dim, act_dim, hidden, layer_norm)
+        self.qf1, self.qf2 = (
+            Critic(obs_dim, act_dim, hidden, layer_norm),
+            Critic(obs_dim, act_dim, hidden, layer_norm),
+        )
         self.q1_target, self.q2_target = copy.deepcopy(self.qf1), copy.deepcopy(self.qf2)
         self.vf = mlp(obs_dim, 1, hidden, layer_norm)
         self.actor = GaussianPolicy(obs_dim, act_dim, hidden, max_action)
-        self.q_optimizer = torch.optim.Adam(list(self.qf1.parameters()) + list(self.qf2.parameters()), lr=lr)
+        self.q_optimizer = torch.optim.Adam(
+            list(self.qf1.parameters()) + list(self.qf2.parameters()), lr=lr
+        )
         self.v_optimizer = torch.optim.Adam(self.vf.parameters(), lr=lr)
         self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=lr)
-        self.gamma, self.tau, self.iql_tau, self.beta, self.max_weight = gamma, tau, iql_tau, beta, max_weight
+        self.gamma, self.tau, self.iql_tau, self.beta, self.max_weight = (
+            gamma,
+            tau,
+            iql_tau,
+            beta,
+            max_weight,
+        )
         self.total_it = 0
 
     def train(self, batch: list[torch.Tensor]) -> dict[str, float]:
@@ -157,7 +209,9 @@ class BaselineIQL:
         log: dict[str, float] = {}
         with torch.no_grad():
             next_v = self.vf(next_observations).squeeze(-1)
-            target_q = torch.min(self.q1_target(observations, actions), self.q2_target(observations, actions))
+            target_q = torch.min(
+                self.q1_target(observations, actions), self.q2_target(observations, actions)
+            )
         v = self.vf(observations).squeeze(-1)
         adv = target_q - v
         weight = torch.abs(self.iql_tau - (adv < 0).float())
@@ -192,12 +246,16 @@ class BaselineIQL:
 
 
 class TanhGaussianPolicy(nn.Module):
-    def __init__(self, obs_dim: int, act_dim: int, hidden: tuple[int, ...], max_action: float) -> None:
+    def __init__(
+        self, obs_dim: int, act_dim: int, hidden: tuple[int, ...], max_action: float
+    ) -> None:
         super().__init__()
         self.net = mlp(obs_dim, 2 * act_dim, hidden)
         self.max_action = max_action
 
-    def forward(self, obs: torch.Tensor, repeat: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, obs: torch.Tensor, repeat: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         if repeat is not None:
             obs = obs.unsqueeze(1).repeat(1, repeat, 1).view(-1, obs.shape[-1])
         mean, log_std = torch.chunk(self.net(obs), 2, dim=-1)
@@ -211,13 +269,30 @@ class TanhGaussianPolicy(nn.Module):
 
 
 class BaselineCQL:
-    def __init__(self, obs_dim: int, act_dim: int, hidden: tuple[int, ...], layer_norm: bool = False,
-                 max_action: float = 1.0, gamma: float = 0.99, tau: float = 0.005, lr: float = 3e-4,
-                 cql_alpha: float = 5.0, n_actions: int = 10, init_temperature: float = 1.0) -> None:
+    def __init__(
+        self,
+        obs_dim: int,
+        act_dim: int,
+        hidden: tuple[int, ...],
+        layer_norm: bool = False,
+        max_action: float = 1.0,
+        gamma: float = 0.99,
+        tau: float = 0.005,
+        lr: float = 3e-4,
+        cql_alpha: float = 5.0,
+        n_actions: int = 10,
+        init_temperature: float = 1.0,
+    ) -> None:
         import copy
 
-        self.critic_1, self.critic_2 = Critic(obs_dim, act_dim, hidden, layer_norm), Critic(obs_dim, act_dim, hidden, layer_norm)
-        self.target_critic_1, self.target_critic_2 = copy.deepcopy(self.critic_1), copy.deepcopy(self.critic_2)
+        self.critic_1, self.critic_2 = (
+            Critic(obs_dim, act_dim, hidden, layer_norm),
+            Critic(obs_dim, act_dim, hidden, layer_norm),
+        )
+        self.target_critic_1, self.target_critic_2 = (
+            copy.deepcopy(self.critic_1),
+            copy.deepcopy(self.critic_2),
+        )
         self.actor = TanhGaussianPolicy(obs_dim, act_dim, hidden, max_action)
         self.log_alpha = nn.Parameter(torch.tensor(math.log(init_temperature)))
         self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=lr)
@@ -238,7 +313,9 @@ class BaselineCQL:
         alpha_loss = -(self.log_alpha * (log_pi + self.target_entropy).detach()).mean()
         alpha = self.log_alpha.exp().detach()
         log["alpha"] = alpha.item()
-        q_new = torch.min(self.critic_1(observations, new_actions), self.critic_2(observations, new_actions))
+        q_new = torch.min(
+            self.critic_1(observations, new_actions), self.critic_2(observations, new_actions)
+        )
         policy_loss = (alpha * log_pi - q_new).mean()
         log["actor_loss"] = policy_loss.item()
         self.alpha_optimizer.zero_grad()
@@ -248,18 +325,26 @@ class BaselineCQL:
         policy_loss.backward()
         self.actor_optimizer.step()
 
-        q1_pred, q2_pred = self.critic_1(observations, actions), self.critic_2(observations, actions)
+        q1_pred, q2_pred = (
+            self.critic_1(observations, actions),
+            self.critic_2(observations, actions),
+        )
         with torch.no_grad():
             new_next_actions, next_log_pi = self.actor(next_observations)
-            target_q = torch.min(
-                self.target_critic_1(next_observations, new_next_actions),
-                self.target_critic_2(next_observations, new_next_actions),
-            ) - alpha * next_log_pi
+            target_q = (
+                torch.min(
+                    self.target_critic_1(next_observations, new_next_actions),
+                    self.target_critic_2(next_observations, new_next_actions),
+                )
+                - alpha * next_log_pi
+            )
             td_target = rewards + (1.0 - dones) * self.gamma * target_q
         qf1_loss, qf2_loss = F.mse_loss(q1_pred, td_target), F.mse_loss(q2_pred, td_target)
 
         b, n = actions.shape[0], self.n_actions
-        random_actions = actions.new_empty((b * n, self.act_dim)).uniform_(-self.max_action, self.max_action)
+        random_actions = actions.new_empty((b * n, self.act_dim)).uniform_(
+            -self.max_action, self.max_action
+        )
         with torch.no_grad():
             current_actions, current_log_pis = self.actor(observations, repeat=n)
             next_actions, next_log_pis = self.actor(next_observations, repeat=n)
@@ -271,8 +356,22 @@ class BaselineCQL:
         q1_next = self.critic_1(obs_rep, next_actions).view(b, n)
         q2_next = self.critic_2(obs_rep, next_actions).view(b, n)
         random_density = -self.act_dim * math.log(2.0 * self.max_action)
-        cat_q1 = torch.cat([q1_rand - random_density, q1_curr - current_log_pis.view(b, n), q1_next - next_log_pis.view(b, n)], 1)
-        cat_q2 = torch.cat([q2_rand - random_density, q2_curr - current_log_pis.view(b, n), q2_next - next_log_pis.view(b, n)], 1)
+        cat_q1 = torch.cat(
+            [
+                q1_rand - random_density,
+                q1_curr - current_log_pis.view(b, n),
+                q1_next - next_log_pis.view(b, n),
+            ],
+            1,
+        )
+        cat_q2 = torch.cat(
+            [
+                q2_rand - random_density,
+                q2_curr - current_log_pis.view(b, n),
+                q2_next - next_log_pis.view(b, n),
+            ],
+            1,
+        )
         gap1 = (torch.logsumexp(cat_q1, dim=1) - q1_pred).mean()
         gap2 = (torch.logsumexp(cat_q2, dim=1) - q2_pred).mean()
         qf_loss = qf1_loss + qf2_loss + self.cql_alpha * (gap1 + gap2)
@@ -293,7 +392,9 @@ class BaselineCQL:
         return log
 
 
-def make_baseline(name: str, obs_dim: int, act_dim: int, hidden: tuple[int, ...], layer_norm: bool = False) -> BaselineTD3BC | BaselineIQL | BaselineCQL:
+def make_baseline(
+    name: str, obs_dim: int, act_dim: int, hidden: tuple[int, ...], layer_norm: bool = False
+) -> BaselineTD3BC | BaselineIQL | BaselineCQL:
     """The straightforward implementation of algorithm `name` with default hyper-parameters."""
     cls = {"td3bc": BaselineTD3BC, "iql": BaselineIQL, "cql": BaselineCQL}[name]
     return cls(obs_dim, act_dim, hidden, layer_norm)

@@ -66,7 +66,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--hidden", type=str, default="256,256", help="comma-separated widths")
     p.add_argument("--obs-dim", type=int, default=17)
     p.add_argument("--act-dim", type=int, default=6)
-    p.add_argument("--norm", default="none", choices=["none", "layer"], help="critic norm (both sides)")
+    p.add_argument(
+        "--norm", default="none", choices=["none", "layer"], help="critic norm (both sides)"
+    )
     p.add_argument("--dataset-size", type=int, default=100_000)
     p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     p.add_argument("--log-every", type=int, default=100, help="seem_ray metric read cadence")
@@ -74,7 +76,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-baseline", action="store_true", help="skip the reference implementation")
     p.add_argument("--bf16", action="store_true", help="also time seem_ray under bf16 autocast")
-    p.add_argument("--json", action="store_true", help="(kept for the contract; JSON is always the last line)")
+    p.add_argument(
+        "--json", action="store_true", help="(kept for the contract; JSON is always the last line)"
+    )
     args = p.parse_args(argv)
     for name in ("steps", "chunk", "batch", "threads", "log_every", "dataset_size"):
         if getattr(args, name) < 1:
@@ -119,7 +123,12 @@ def make_ours(args: argparse.Namespace, data: Transitions, bf16: bool) -> Callab
 def make_reference(args: argparse.Namespace, data: Transitions) -> Callable[[int], None]:
     agent = make_baseline(args.algo, data.obs_dim, data.act_dim, args.hidden, args.norm == "layer")
     buffer = BaselineBuffer(
-        data.observations, data.actions, data.rewards, data.next_observations, data.terminals, args.batch
+        data.observations,
+        data.actions,
+        data.rewards,
+        data.next_observations,
+        data.terminals,
+        args.batch,
     )
 
     def run(n: int) -> None:
@@ -140,7 +149,9 @@ def main(argv: list[str] | None = None) -> int:
         sides: dict[str, Callable[[int], None]] = {"ours": make_ours(args, data, bf16=False)}
         if not args.no_baseline:
             if args.device != "cpu":
-                raise ValueError("the baseline runs on CPU only; pass --no-baseline with --device cuda")
+                raise ValueError(
+                    "the baseline runs on CPU only; pass --no-baseline with --device cuda"
+                )
             sides["baseline"] = make_reference(args, data)
         if args.bf16:
             sides["bf16"] = make_ours(args, data, bf16=True)

@@ -170,11 +170,12 @@ class _EnsembleLinear(nn.Module):
 
     @torch.no_grad()
     def _power_iteration(self, heads: slice | None) -> None:
+        # torch's order: u <- normalize(W v), then v <- normalize(W^T u)
         w = _sel(self.weight, heads)
-        v = F.normalize(torch.einsum("eio,eo->ei", w, _sel(self.sn_u, heads)), dim=1, eps=_SN_EPS)
-        u = F.normalize(torch.einsum("eio,ei->eo", w, v), dim=1, eps=_SN_EPS)
-        _sel(self.sn_v, heads).copy_(v)
+        u = F.normalize(torch.einsum("eio,ei->eo", w, _sel(self.sn_v, heads)), dim=1, eps=_SN_EPS)
+        v = F.normalize(torch.einsum("eio,eo->ei", w, u), dim=1, eps=_SN_EPS)
         _sel(self.sn_u, heads).copy_(u)
+        _sel(self.sn_v, heads).copy_(v)
 
     def effective_weight(self, heads: slice | None = None) -> torch.Tensor:
         """The weight the layer applies, [e, in, out] (after spectral/weight normalization)."""
@@ -276,7 +277,9 @@ class EnsembleCritic(nn.Module):
         self.kinds = _layer_kinds(cfg)
         dims = [obs_dim + act_dim, *cfg.hidden]
         self.linears = nn.ModuleList(
-            _EnsembleLinear(ensemble, dims[i], dims[i + 1], k if k in ("spectral", "weight") else "none")
+            _EnsembleLinear(
+                ensemble, dims[i], dims[i + 1], k if k in ("spectral", "weight") else "none"
+            )
             for i, k in enumerate(self.kinds)
         )
         self.norms = nn.ModuleList(

@@ -54,7 +54,9 @@ DENSE_MAX_N = 512
 # Arnoldi accepts an eigenpair when ||A v - lam v|| <= ARNOLDI_TOL (A scaled to ||A||_F = 1).
 ARNOLDI_TOL = 1e-9
 # Shift-invert rounds before the dense fallback.
-SHIFT_ROUNDS = 3
+SHIFT_ROUNDS = 4
+# Eigenvalues closer than this to the best one found (units of ||A||_F) need no certificate.
+ARNOLDI_SLACK = 1e-7
 # Largest shift-invert Krylov space per round.
 KRYLOV_MAX_DIM = 384
 # Memory budget (bytes) for the float64 temporaries of one row block of the Gram.
@@ -237,8 +239,9 @@ def _layer_features(
     feats: list[_LayerFeatures] = []
     for (m, x, out), g in zip(feats_in, grads, strict=True):
         g = torch.zeros_like(out) if g is None else g
-        w = m.weight is not None and m.weight.requires_grad
-        b = m.bias is not None and m.bias.requires_grad
+        weight, bias = getattr(m, "weight", None), getattr(m, "bias", None)
+        w = weight is not None and weight.requires_grad
+        b = bias is not None and bias.requires_grad
         if isinstance(m, nn.Linear):
             feats.append(_LayerFeatures("linear", x.detach(), g.detach(), w, b))
             continue
@@ -506,7 +509,7 @@ class _BlockKrylov:
     ) -> None:
         n = a.shape[0]
         self.a, self.apply, self.block = a, apply, block
-        self.max_dim = min(max_dim, n // 2)
+        self.max_dim = min(max_dim, n - 2 * block)
         self._v = np.empty((n, self.max_dim))
         self._av = np.empty((n, self.max_dim))
         q, _ = np.linalg.qr(np.random.default_rng(seed).standard_normal((n, block)))
@@ -571,7 +574,7 @@ def _arnoldi_eigs(a: np.ndarray, k: int) -> np.ndarray | None:
     theta, rho = local.ritz()
     edge = float(theta.real.max())
     outliers = float(np.max(theta.real - rho))
-    sigma = edge + max(abs(edge), 1e-4)
+    sigma = edge + max(abs(edge), 1e-6)
     for attempt in range(SHIFT_ROUNDS):
         try:
             shifted = a.copy()
@@ -598,7 +601,8 @@ def _arnoldi_eigs(a: np.ndarray, k: int) -> np.ndarray | None:
                 best = float(found.real.max())
                 if best >= sigma:
                     break
-                if radius >= 1.5 * (sigma - best) and outliers <= best:
+                covered = radius >= 1.5 * (sigma - best) or sigma - best <= ARNOLDI_SLACK
+                if covered and outliers <= best:
                     return _sort_right(found)[: max(k, 1)]
             if space.exhausted:
                 break
@@ -614,7 +618,7 @@ def _arnoldi_eigs(a: np.ndarray, k: int) -> np.ndarray | None:
         if not math.isfinite(best):
             return None
         # Closer to the edge when the disk stayed too small; further right when inside.
-        sigma = best + (radius / 3 if best < sigma else max(sigma - edge, radius, 1e-4))
+        sigma = best + (radius / 10 if best < sigma else max(sigma - edge, radius, 1e-6))
     return None
 
 

@@ -39,7 +39,7 @@ from seem_ray.config import RunConfig, parse_run_config, to_dict
 from seem_ray.loop import Report, TrainingRun, prepare_data
 from seem_ray.runtime import datasets_dir, seed_everything, set_threads
 
-__all__ = ["Q_BOUND_KEY", "TrainFailure", "fit", "make_trainer", "ray_env_vars", "train_loop_per_worker"]
+__all__ = ["Q_BOUND_KEY", "TrainFailure", "fit", "make_trainer", "ray_env_vars", "train_loop_per_worker", "wrap_ddp"]
 
 log = logging.getLogger(__name__)
 
@@ -67,16 +67,16 @@ def _device(cfg: RunConfig) -> torch.device:
     return torch.device("cpu")
 
 
-def _wrap_ddp(run: TrainingRun, device: torch.device) -> None:
+def wrap_ddp(algo: Any, device: torch.device) -> None:
     """DDP-wrap every module whose gradients must be all-reduced; the losses call the wrappers."""
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     ids = [device.index] if device.type == "cuda" else None
     wrapped = {
         name: DDP(module, device_ids=ids, broadcast_buffers=False)
-        for name, module in run.algo.modules_for_ddp().items()
+        for name, module in algo.modules_for_ddp().items()
     }
-    run.algo.wrap_modules(wrapped)
+    algo.wrap_modules(wrapped)
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -96,7 +96,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             run.load_state_dict(load_checkpoint(folder, fingerprint))
         log.info("rank %d resumed from step %d", rank, run.step)
     if world > 1:
-        _wrap_ddp(run, device)
+        wrap_ddp(run.algo, device)
 
     def on_report(r: TrainingRun, rep: Report) -> bool:
         metrics = dict(rep.metrics)

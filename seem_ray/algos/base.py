@@ -235,7 +235,9 @@ class OfflineAlgorithm:
     def wrap_modules(self, wrapped: dict[str, nn.Module]) -> None:
         unknown = set(wrapped) - set(self._fwd_base)
         if unknown:
-            raise KeyError(f"cannot wrap {sorted(unknown)}; this algorithm has {sorted(self._fwd_base)}")
+            raise KeyError(
+                f"cannot wrap {sorted(unknown)}; this algorithm has {sorted(self._fwd_base)}"
+            )
         self._fwd.update(wrapped)
 
     def _set_forward_modules(self, **modules: nn.Module) -> None:
@@ -255,7 +257,9 @@ class OfflineAlgorithm:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         missing = [k for k in [*self._stateful, "tensors", "step", "generator"] if k not in state]
         if missing:
-            raise KeyError(f"algorithm state is missing {missing}: not a checkpoint of this algorithm")
+            raise KeyError(
+                f"algorithm state is missing {missing}: not a checkpoint of this algorithm"
+            )
         for name, obj in self._stateful.items():
             obj.load_state_dict(state[name])
         for name in self._tensors:

@@ -3,7 +3,7 @@ Reinforcement Learning", NeurIPS 2020 (arXiv 2006.04779); SAC: Haarnoja et al. 2
 
 Flow position: Batch -> :meth:`CQLSAC.update` -> metrics. Update order (as in CORL): the
 temperature and the actor on the current critic, then the critic, then the critic target
-(every step, rate tau).
+(every step, rate tau). All policy samples of a step come from the actor before its step.
 
 Losses (E = critic heads, n = n_action_samples, A = action dims, M = max_action,
 alpha = SAC temperature, pi a tanh-Gaussian policy):
@@ -44,7 +44,9 @@ from seem_ray.nets import EnsembleCritic, TanhGaussianActor, tanh_gaussian_sampl
 __all__ = ["CQLSAC", "Temperature", "cql_penalty", "sac_actor_loss", "temperature_loss"]
 
 
-def cql_penalty(q_data: torch.Tensor, q_ood: torch.Tensor, log_density: torch.Tensor) -> torch.Tensor:
+def cql_penalty(
+    q_data: torch.Tensor, q_ood: torch.Tensor, log_density: torch.Tensor
+) -> torch.Tensor:
     """Per-head CQL(H) gap: mean_b [logsumexp_k (Q(s, a_k) - log mu(a_k | s)) - Q(s, a)].
 
     Args:
@@ -58,7 +60,9 @@ def cql_penalty(q_data: torch.Tensor, q_ood: torch.Tensor, log_density: torch.Te
     return (torch.logsumexp(q_ood - log_density, dim=-1) - q_data).mean(dim=-1)
 
 
-def sac_actor_loss(q_min: torch.Tensor, log_prob: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+def sac_actor_loss(
+    q_min: torch.Tensor, log_prob: torch.Tensor, alpha: torch.Tensor
+) -> torch.Tensor:
     """SAC policy loss mean(alpha * log pi - min_e Q)."""
     return (alpha * log_prob - q_min).mean()
 
@@ -102,7 +106,9 @@ class CQLSAC(OfflineAlgorithm):
         self.actor = TanhGaussianActor(obs_dim, act_dim, actor, max_action).to(self.device)
         self.temperature = Temperature(self.hp.init_temperature).to(self.device)
         self.critic_target = make_target(self.critic)
-        self.critic_opt = make_optimizer(self.critic.parameters(), algo.critic_lr, algo.critic_optimizer)
+        self.critic_opt = make_optimizer(
+            self.critic.parameters(), algo.critic_lr, algo.critic_optimizer
+        )
         self.actor_opt = make_optimizer(self.actor.parameters(), algo.actor_lr)
         self.temperature_opt = make_optimizer(self.temperature.parameters(), self.hp.temperature_lr)
         self._critic_params = list(self.critic.parameters())
@@ -145,6 +151,8 @@ class CQLSAC(OfflineAlgorithm):
         # Temperature and actor on the current critic (only actor grads from the actor loss).
         mean, log_std = self._fwd["actor"](batch.obs)
         new_act, log_prob = self._sample(mean, log_std)
+        with torch.no_grad():  # every policy sample below comes from this pre-step actor
+            next_mean, next_log_std = self.actor(batch.next_obs)
         if hp.auto_entropy:
             alpha_loss = temperature_loss(self._fwd["temperature"](), log_prob, self.target_entropy)
             self.temperature_opt.zero_grad(set_to_none=True)
@@ -153,21 +161,24 @@ class CQLSAC(OfflineAlgorithm):
             self.temperature_opt.step()
         else:
             alpha = self.temperature.log_alpha.exp().detach()
-        actor_loss = sac_actor_loss(min_over_heads(self.critic(batch.obs, new_act)), log_prob, alpha)
+        actor_loss = sac_actor_loss(
+            min_over_heads(self.critic(batch.obs, new_act)), log_prob, alpha
+        )
         self.actor_opt.zero_grad(set_to_none=True)
         actor_loss.backward(inputs=self._actor_params)
         self.actor_opt.step()
 
         # Critic: soft Bellman target plus the conservative penalty.
         with torch.no_grad():
-            next_mean, next_log_std = self.actor(batch.next_obs)
             next_act, next_log_prob = self._sample(next_mean, next_log_std)
             next_q = min_over_heads(self.critic_target(batch.next_obs, next_act))
             target = bellman_target(
                 batch.rew, batch.done, self.cfg.gamma, next_q - alpha * next_log_prob
             )
             rand_act = (2.0 * self._rand(b, n, self.act_dim) - 1.0) * self.max_action
-            rand_log_density = torch.full((b, n), -self.act_dim * math.log(2.0 * self.max_action), device=self.device)
+            rand_log_density = torch.full(
+                (b, n), -self.act_dim * math.log(2.0 * self.max_action), device=self.device
+            )
             pi_act, pi_log_prob = self._sample(mean.detach(), log_std.detach(), n)
             next_pi_act, next_pi_log_prob = self._sample(next_mean, next_log_std, n)
             ood_act = torch.stack([rand_act, pi_act, next_pi_act], dim=1)  # [B, 3, n, A]

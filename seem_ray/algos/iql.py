@@ -71,7 +71,9 @@ class IQL(OfflineAlgorithm):
         self.value = build_mlp(obs_dim, 1, critic).to(self.device)
         self.actor = GaussianActor(obs_dim, act_dim, actor, max_action).to(self.device)
         self.critic_target = make_target(self.critic)
-        self.critic_opt = make_optimizer(self.critic.parameters(), algo.critic_lr, algo.critic_optimizer)
+        self.critic_opt = make_optimizer(
+            self.critic.parameters(), algo.critic_lr, algo.critic_optimizer
+        )
         self.value_opt = make_optimizer(self.value.parameters(), self.hp.value_lr)
         self.actor_opt = make_optimizer(self.actor.parameters(), algo.actor_lr)
         self._critic_params = list(self.critic.parameters())

@@ -86,7 +86,9 @@ class TD3BC(OfflineAlgorithm):
         self.actor = DeterministicActor(obs_dim, act_dim, actor, max_action).to(self.device)
         self.critic_target = make_target(self.critic)
         self.actor_target = make_target(self.actor)
-        self.critic_opt = make_optimizer(self.critic.parameters(), algo.critic_lr, algo.critic_optimizer)
+        self.critic_opt = make_optimizer(
+            self.critic.parameters(), algo.critic_lr, algo.critic_optimizer
+        )
         self.actor_opt = make_optimizer(self.actor.parameters(), algo.actor_lr)
         self._critic_params = list(self.critic.parameters())
         self._actor_params = list(self.actor.parameters())
@@ -116,7 +118,11 @@ class TD3BC(OfflineAlgorithm):
         with torch.no_grad():
             noise = self._randn(*batch.act.shape)
             next_act = smoothed_target_action(
-                self.actor_target(batch.next_obs), noise, hp.policy_noise, hp.noise_clip, self.max_action
+                self.actor_target(batch.next_obs),
+                noise,
+                hp.policy_noise,
+                hp.noise_clip,
+                self.max_action,
             )
             next_q = min_over_heads(self.critic_target(batch.next_obs, next_act))
             target = bellman_target(batch.rew, batch.done, self.cfg.gamma, next_q)
