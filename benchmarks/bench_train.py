@@ -9,12 +9,17 @@ as the LAST stdout line, JSON with ``steps_per_s`` (seem_ray), ``ms_per_step``, 
 same data with the same maths in fp32 (benchmarks/baselines.py). ``--bf16`` adds
 ``bf16_steps_per_s`` (seem_ray under CPU/GPU bfloat16 autocast), reported separately.
 
-Fairness: both sides use the same ``torch.set_num_threads(--threads)`` (default: 2, or fewer
-if the machine has fewer cores), both sample their own batches (seem_ray: ReplaySampler, one
-gather per field; baseline: CORL's numpy-indexed buffer), and each side reads its metrics as
-its design intends (seem_ray: ``.item()`` every ``--log-every`` steps; baseline: every step).
-After a warm-up, the sides alternate in chunks of ``--chunk`` steps so load from other
-processes hits both alike; throughput = total steps / total time per side.
+Fairness: both sides use the same ``torch.set_num_threads(--threads)``, both sample their own
+batches (seem_ray: ReplaySampler, one gather per field; baseline: CORL's numpy-indexed
+buffer), and each side reads its metrics as its design intends (seem_ray: ``.item()`` every
+``--log-every`` steps; baseline: every step). After a warm-up, the sides alternate in chunks
+of ``--chunk`` steps so load from other processes hits both alike; throughput = total steps /
+total time per side.
+
+Threads default to 1: on the shared 2-core development machine, 2 OpenMP threads stall
+whenever a neighbour holds the other core (measured 10-100x slowdowns of whole runs). On an
+idle machine pass ``--threads 2``; the speedup grows with threads because seem_ray removes
+per-step overhead, not FLOPs (both sides do the same matmuls).
 """
 
 from __future__ import annotations
@@ -23,7 +28,6 @@ import argparse
 import contextlib
 import json
 import logging
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -70,7 +74,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--norm", default="none", choices=["none", "layer"], help="critic norm (both sides)"
     )
     p.add_argument("--dataset-size", type=int, default=100_000)
-    p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    p.add_argument("--threads", type=int, default=1, help="torch threads, both sides")
     p.add_argument("--log-every", type=int, default=100, help="seem_ray metric read cadence")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)

@@ -457,6 +457,31 @@ class SpaceSpec:
 
 
 @dataclass(frozen=True)
+class ArchSpaceConfig:
+    """Critic structure searched by `seem-ray study` (the parts no single dotted field expresses)."""
+
+    depth: tuple[int, ...] = (1, 3)
+    """[min, max] number of hidden layers."""
+    widths: tuple[int, ...] = (64, 128, 256)
+    """Hidden widths to choose from."""
+    per_layer_width: bool = False
+    """Choose a width per hidden layer (else one shared width)."""
+    per_layer_norm: bool = True
+    """Choose per hidden layer whether it gets the norm (else every layer does)."""
+
+    def __post_init__(self) -> None:
+        _require(
+            len(self.depth) == 2 and 1 <= self.depth[0] <= self.depth[1],
+            "depth",
+            list(self.depth),
+            "[min, max] with 1 <= min <= max",
+        )
+        _require(len(self.widths) >= 1, "widths", list(self.widths), "a non-empty list")
+        for w in self.widths:
+            _require(isinstance(w, int) and w >= 1, "widths", list(self.widths), "ints >= 1")
+
+
+@dataclass(frozen=True)
 class OptunaConfig:
     """Persistent Optuna study settings (seem-ray study)."""
 
@@ -470,6 +495,8 @@ class OptunaConfig:
     """maximize/minimize per objective."""
     sampler_seed: int = 0
     """Seed of the TPE sampler."""
+    arch: ArchSpaceConfig | None = None
+    """Critic depth/width/norm-placement search; None = only the `space` entries."""
 
     def __post_init__(self) -> None:
         _require(len(self.objectives) >= 1, "objectives", self.objectives, "at least one")

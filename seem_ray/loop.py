@@ -22,6 +22,7 @@ import torch
 
 from seem_ray import metrics as M
 from seem_ray.algos import build_algorithm
+from seem_ray.algos.base import eval_mode
 from seem_ray.config import RunConfig, to_dict
 from seem_ray.data.batches import Batch, ReplaySampler, Transitions
 from seem_ray.data.minari import DatasetInfo, load_transitions, q_bound
@@ -153,7 +154,8 @@ class TrainingRun:
     @torch.no_grad()
     def probe_q_metrics(self) -> dict[str, float]:
         """Q statistics of the probed head on the fixed probe batch, and weight norms."""
-        q = self.algo.critic(self.probe.obs, self.probe.act)[self.cfg.seem.head].double()
+        with eval_mode(self.algo.critic):  # no BN-stat updates, power steps or dropout on the probe
+            q = self.algo.critic(self.probe.obs, self.probe.act)[self.cfg.seem.head].double()
         out = {
             M.Q_MEAN: float(q.mean()),
             M.Q_MAX: float(q.max()),

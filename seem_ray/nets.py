@@ -11,7 +11,7 @@ and the optimizer and target updates see a handful of large tensors instead of m
 from __future__ import annotations
 
 import math
-from typing import cast
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -137,6 +137,9 @@ class _EnsembleLinear(nn.Module):
     w = g * v / ||v|| with the norm over each output unit's inputs.
     """
 
+    sn_u: torch.Tensor
+    sn_v: torch.Tensor
+
     def __init__(self, ensemble: int, in_dim: int, out_dim: int, kind: str = "none") -> None:
         super().__init__()
         self.ensemble, self.in_dim, self.out_dim, self.kind = ensemble, in_dim, out_dim, kind
@@ -197,6 +200,10 @@ class _EnsembleLinear(nn.Module):
 
 class _EnsembleFeatureNorm(nn.Module):
     """Per-head LayerNorm / RMSNorm (affine [E, 1, d]) or BatchNorm1d (stats [E, d])."""
+
+    running_mean: torch.Tensor
+    running_var: torch.Tensor
+    num_batches_tracked: torch.Tensor
 
     def __init__(self, kind: str, ensemble: int, width: int) -> None:
         super().__init__()
@@ -346,10 +353,12 @@ class EnsembleCritic(nn.Module):
         with torch.random.fork_rng(devices=[]):  # spectral_norm draws u, v at registration
             net = build_mlp(self.obs_dim + self.act_dim, 1, self.cfg)
         net = net.to(device=self.out.bias.device, dtype=self.out.bias.dtype)
-        linears = [m for m in net if isinstance(m, nn.Linear)]
-        feats = [m for m in net if isinstance(m, nn.LayerNorm | nn.RMSNorm | nn.BatchNorm1d)]
-        for src, dst in zip([*self.linears, self.out], linears, strict=True):
-            src = cast(_EnsembleLinear, src)
+        linears: list[Any] = [m for m in net if isinstance(m, nn.Linear)]
+        feats: list[Any] = [
+            m for m in net if isinstance(m, nn.LayerNorm | nn.RMSNorm | nn.BatchNorm1d)
+        ]
+        for lin, dst in zip([*self.linears, self.out], linears, strict=True):
+            src = cast(_EnsembleLinear, lin)
             dst.bias.copy_(src.bias[i, 0])
             if src.kind == "weight":
                 pw = dst.parametrizations.weight
@@ -363,14 +372,15 @@ class EnsembleCritic(nn.Module):
             else:
                 dst.weight.copy_(src.weight[i].T)
         src_feats = [n for n in self.norms if isinstance(n, _EnsembleFeatureNorm)]
-        for src, dst in zip(src_feats, feats, strict=True):
-            dst.weight.copy_(src.weight[i].reshape(-1))
+        for norm, dst in zip(src_feats, feats, strict=True):
+            dst.weight.copy_(norm.weight[i].reshape(-1))
             if isinstance(dst, nn.LayerNorm | nn.BatchNorm1d):
-                dst.bias.copy_(src.bias[i].reshape(-1))
+                dst.bias.copy_(norm.bias[i].reshape(-1))
             if isinstance(dst, nn.BatchNorm1d):
-                dst.running_mean.copy_(src.running_mean[i])
-                dst.running_var.copy_(src.running_var[i])
-                dst.num_batches_tracked.copy_(src.num_batches_tracked)
+                bn: Any = dst  # its stats are Optional in the stubs; set here
+                bn.running_mean.copy_(norm.running_mean[i])
+                bn.running_var.copy_(norm.running_var[i])
+                bn.num_batches_tracked.copy_(norm.num_batches_tracked)
         return HeadCritic(net).eval()
 
 

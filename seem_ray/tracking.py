@@ -118,7 +118,10 @@ def experiment_id(uri: str, name: str) -> str:
     """Get or create the experiment."""
     client = _client(uri)
     exp = client.get_experiment_by_name(name)
-    return exp.experiment_id if exp is not None else client.create_experiment(name)
+    if exp is not None:
+        return exp.experiment_id
+    # Open in the UI's "Model training" view (MLflow 3 defaults new experiments to GenAI).
+    return client.create_experiment(name, tags={"mlflow.experimentKind": "custom_model_development"})
 
 
 def numeric_metrics(result: Mapping[str, Any]) -> dict[str, float]:
@@ -179,6 +182,7 @@ class MlflowSweepTracker(tune.Callback):
         self.histories: dict[str, list[dict[str, float]]] = {}
         self.trial_configs: dict[str, dict[str, Any]] = {}
         self.finished: dict[str, dict[str, Any]] = {}
+        self.checkpoints: dict[str, str] = {}
 
     # ----------------------------------------------------------------- lifecycle
     def setup(self, **info: Any) -> None:
@@ -235,6 +239,8 @@ class MlflowSweepTracker(tune.Callback):
         if run_id is None or M.STEP not in result:
             return
         values = numeric_metrics(result)
+        if isinstance(result.get("checkpoint_path"), str):  # set by Ray Train's TuneReportCallback
+            self.checkpoints[trial.trial_id] = result["checkpoint_path"]
         step = int(values.get(M.STEP, 0))
         self.histories.setdefault(trial.trial_id, []).append(values)
         ts = int(result.get("timestamp", 0) * 1000)
@@ -268,7 +274,7 @@ class MlflowSweepTracker(tune.Callback):
             client.set_tag(run_id, key, value)
         q_bound = history[-1].get("q_bound") if history else None
         files: dict[str, str | bytes] = {"config.yaml": yaml_text(self.trial_configs.get(trial.trial_id, {}))}
-        ckpt = getattr(getattr(trial, "checkpoint", None), "path", None)
+        ckpt = self.checkpoints.get(trial.trial_id)
         if ckpt:
             client.set_tag(run_id, "checkpoint_path", str(ckpt))
         with tempfile.TemporaryDirectory() as tmp:

@@ -73,7 +73,7 @@ def wrap_ddp(algo: Any, device: torch.device) -> None:
 
     ids = [device.index] if device.type == "cuda" else None
     wrapped = {
-        name: DDP(module, device_ids=ids, broadcast_buffers=False)
+        name: DDP(module, device_ids=ids)
         for name, module in algo.modules_for_ddp().items()
     }
     algo.wrap_modules(wrapped)

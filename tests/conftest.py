@@ -34,7 +34,9 @@ def shared_datasets(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture()
-def isolated_env(tmp_path: Path, shared_datasets: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+def isolated_env(
+    tmp_path: Path, shared_datasets: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Path]:
     """Point datasets at the shared tiny root and runs/MLflow at a fresh tmp folder."""
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(shared_datasets))
     monkeypatch.setenv("SEEM_RAY_RUNS", str(tmp_path / "runs"))

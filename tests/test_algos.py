@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import math
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -91,6 +92,15 @@ def snapshot(state: dict[str, Any]) -> dict[str, Any]:
     torch.save(state, buf)
     buf.seek(0)
     return torch.load(buf, weights_only=False)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    """Tiny nets: one thread avoids OpenMP stalls on a shared 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 # --------------------------------------------------------------------------------------------
@@ -431,6 +441,7 @@ def test_config_fields_are_honoured() -> None:
         AlgoConfig(name="cql", ensemble=1)
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch
 def test_numerical_core_does_not_import_ray_mlflow_optuna() -> None:
     import seem_ray.algos  # noqa: F401
     import seem_ray.nets  # noqa: F401
@@ -477,9 +488,9 @@ def test_short_run_lowers_the_critic_loss(name: str) -> None:
         1.0,
         torch.device("cpu"),
     )
-    losses = [algo.update(data)[M.CRITIC_LOSS] for _ in range(300)]
-    first = torch.stack(losses[:20]).mean().item()
-    last = torch.stack(losses[-20:]).mean().item()
+    losses = [algo.update(data)[M.CRITIC_LOSS] for _ in range(150)]
+    first = torch.stack(losses[:10]).mean().item()
+    last = torch.stack(losses[-10:]).mean().item()
     assert last < 0.5 * first, (first, last)
 
 

@@ -105,10 +105,14 @@ def test_sweep_space_is_validated_against_the_base() -> None:
     with pytest.raises(ConfigError, match="search: random or optuna"):
         from_dict(SweepConfig, {"space": {"algo.critic_lr": {"loguniform": [1e-4, 1e-3]}}})
     with pytest.raises(ConfigError, match="low > 0"):
-        from_dict(SweepConfig, {"search": "random", "space": {"algo.critic_lr": {"loguniform": [0, 1]}}})
+        from_dict(
+            SweepConfig, {"search": "random", "space": {"algo.critic_lr": {"loguniform": [0, 1]}}}
+        )
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "tune_configs").glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path", sorted((ROOT / "tune_configs").glob("*.yaml")), ids=lambda p: p.name
+)
 def test_every_shipped_sweep_loads(path: Path) -> None:
     sweep = load_sweep_config(path)
     assert sweep.space and sweep.name
@@ -121,7 +125,9 @@ def test_demo_yaml_matches_embedded_default() -> None:
     assert shipped == from_dict(SweepConfig, DEFAULT_SWEEP)
 
 
-_scalars = st.one_of(st.none(), st.booleans(), st.integers(-5, 5), st.floats(allow_nan=True), st.text(max_size=5))
+_scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(-5, 5), st.floats(allow_nan=True), st.text(max_size=5)
+)
 
 
 @settings(max_examples=150, deadline=None)
@@ -130,7 +136,9 @@ _scalars = st.one_of(st.none(), st.booleans(), st.integers(-5, 5), st.floats(all
     key=st.text(min_size=1, max_size=12),
     value=_scalars,
 )
-def test_loader_never_crashes_with_anything_but_config_error(section: str, key: str, value: object) -> None:
+def test_loader_never_crashes_with_anything_but_config_error(
+    section: str, key: str, value: object
+) -> None:
     """Property: arbitrary keys/values either load into a valid config or raise ConfigError."""
     try:
         cfg = parse_run_config({section: {key: value}})

@@ -15,6 +15,18 @@ from seem_ray import seem as S
 # ----------------------------------------------------------------------------- helpers
 
 
+@pytest.fixture(autouse=True)
+def _one_blas_thread():
+    """Tiny matrices: a second BLAS thread only fights the other jobs on a shared 2-core box."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # optional: only speed depends on it
+        yield
+        return
+    with threadpool_limits(1):
+        yield
+
+
 class Critic(nn.Module):
     """Q(s, a) = body(cat(s, a)); returns [n, 1] (or [n] with squeeze=True)."""
 
@@ -313,7 +325,9 @@ def _td_residual(critic: nn.Module, x: tuple[torch.Tensor, ...], r: torch.Tensor
         return r + gamma * critic(x[2], x[3]).reshape(-1) - critic(x[0], x[1]).reshape(-1)
 
 
-def _gd_step(critic: nn.Module, x: tuple[torch.Tensor, ...], r: torch.Tensor, gamma: float, eta: float):
+def _gd_step(
+    critic: nn.Module, x: tuple[torch.Tensor, ...], r: torch.Tensor, gamma: float, eta: float
+):
     """One GD step on 0.5 * sum(delta^2) with a stop-gradient target, on a copy."""
     import copy
 
@@ -496,8 +510,8 @@ def test_arnoldi_matches_dense(norm: str, gamma: float, train_steps: int) -> Non
     x = probe(200, seed=16)
     if train_steps:
         _trained(critic, x, train_steps, 1e-2)
-    dense = S.compute_seem(critic, *x, gamma=gamma, eig="dense", top_k=3)
-    iterative = S.compute_seem(critic, *x, gamma=gamma, eig="arnoldi", top_k=3)
+    dense = S.compute_seem(critic, *x, gamma=gamma, eig="dense", top_k=1)
+    iterative = S.compute_seem(critic, *x, gamma=gamma, eig="arnoldi", top_k=1)
     assert dense.eig_method == "dense"
     assert iterative.eig_method == "arnoldi"
     assert abs(dense.seem - iterative.seem) < 1e-6

@@ -6,6 +6,8 @@ reads the returned metric tensors every K steps; SEEM probes ``critic.head_modul
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from seem_ray.algos.base import Algorithm, OfflineAlgorithm
@@ -48,5 +50,5 @@ def build_algorithm(
         raise ValueError(
             f"need obs_dim >= 1, act_dim >= 1, max_action > 0; got {obs_dim}, {act_dim}, {max_action}"
         )
-    cls = _REGISTRY[algo.name]
-    return cls(algo, critic, actor, obs_dim, act_dim, max_action, device)  # type: ignore[call-arg,return-value]
+    cls: Any = _REGISTRY[algo.name]
+    return cls(algo, critic, actor, obs_dim, act_dim, max_action, device)

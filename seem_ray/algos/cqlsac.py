@@ -136,6 +136,7 @@ class CQLSAC(OfflineAlgorithm):
         self, mean: torch.Tensor, log_std: torch.Tensor, n: int | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One draw per row ([B, A], [B]) or n draws per row ([B, n, A], [B, n])."""
+        shape: tuple[int, ...]
         if n is not None:
             mean, log_std = mean.unsqueeze(1), log_std.unsqueeze(1)
             shape = (mean.shape[0], n, mean.shape[-1])

@@ -21,7 +21,9 @@ def test_two_workers_on_two_nodes(shared_datasets: Path, tmp_path: Path) -> None
     old = os.environ.get("MINARI_DATASETS_PATH")
     os.environ["MINARI_DATASETS_PATH"] = str(shared_datasets)
     # One CPU per node and one CPU per worker: the two workers cannot share a node.
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "resources": {"head": 1}})
+    cluster = Cluster(
+        initialize_head=True, head_node_args={"num_cpus": 1, "resources": {"head": 1}}
+    )
     cluster.add_node(num_cpus=1, resources={"second": 1})
     try:
         env = {k: v for k, v in ray_env_vars().items() if v}
@@ -34,7 +36,13 @@ def test_two_workers_on_two_nodes(shared_datasets: Path, tmp_path: Path) -> None
                 "critic": {"hidden": [16, 16]},
                 "actor": {"hidden": [16, 16]},
                 "seem": {"every": 50, "probe_size": 16},
-                "train": {"steps": 100, "log_every": 50, "checkpoint_every": 100, "eval_episodes": 0, "threads": 1},
+                "train": {
+                    "steps": 100,
+                    "log_every": 50,
+                    "checkpoint_every": 100,
+                    "eval_episodes": 0,
+                    "threads": 1,
+                },
                 "scaling": {"num_workers": 2, "cpus_per_worker": 1.0},
             }
         )

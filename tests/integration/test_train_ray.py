@@ -24,7 +24,13 @@ TINY = {
     "critic": {"hidden": [32, 32]},
     "actor": {"hidden": [32, 32]},
     "seem": {"every": 50, "probe_size": 32},
-    "train": {"steps": 200, "log_every": 50, "checkpoint_every": 100, "eval_episodes": 0, "threads": 1},
+    "train": {
+        "steps": 200,
+        "log_every": 50,
+        "checkpoint_every": 100,
+        "eval_episodes": 0,
+        "threads": 1,
+    },
     "scaling": {"num_workers": 2, "cpus_per_worker": 1.0, "max_failures": 2},
 }
 
@@ -40,7 +46,13 @@ def ray_session(shared_datasets: Path):
     env = {k: v for k, v in ray_env_vars().items() if v}
     # Worker functions defined in this test module travel by value (tests/ is not importable there).
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    ray.init(address="local", num_cpus=4, include_dashboard=False, runtime_env={"env_vars": env}, log_to_driver=False)
+    ray.init(
+        address="local",
+        num_cpus=4,
+        include_dashboard=False,
+        runtime_env={"env_vars": env},
+        log_to_driver=False,
+    )
     yield
     ray.shutdown()
     if old is None:
@@ -77,9 +89,13 @@ def _ddp_equivalence_worker(config: dict) -> None:
     wrap_ddp(algo, torch.device("cpu"))
     for full in _batches():
         rows = slice(rank * len(full) // world, (rank + 1) * len(full) // world)
-        algo.update(Batch(*(getattr(full, f)[rows] for f in ("obs", "act", "rew", "next_obs", "done"))))
+        algo.update(
+            Batch(*(getattr(full, f)[rows] for f in ("obs", "act", "rew", "next_obs", "done")))
+        )
     if rank == 0:
-        flat = torch.cat([p.detach().flatten() for m in (algo.critic, algo.actor) for p in m.parameters()])
+        flat = torch.cat(
+            [p.detach().flatten() for m in (algo.critic, algo.actor) for p in m.parameters()]
+        )
         np.save(config["out"], flat.numpy())
     ray.train.report({"done": 1.0})
 
@@ -102,14 +118,20 @@ def _batches() -> list:
     return out
 
 
-def test_two_workers_match_one_worker_on_the_concatenated_batch(ray_session, tmp_path: Path) -> None:
+def test_two_workers_match_one_worker_on_the_concatenated_batch(
+    ray_session, tmp_path: Path
+) -> None:
     """DDP averages gradients, so 2 x 32 rows must equal 1 x 64 rows (IQL: every loss is a batch mean)."""
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from seem_ray.algos import build_algorithm
 
-    run = {"algo": {"name": "iql", "batch_size": 64}, "critic": {"hidden": [16, 16]}, "actor": {"hidden": [16, 16]}}
+    run = {
+        "algo": {"name": "iql", "batch_size": 64},
+        "critic": {"hidden": [16, 16]},
+        "actor": {"hidden": [16, 16]},
+    }
     out = tmp_path / "ddp_params.npy"
     TorchTrainer(
         _ddp_equivalence_worker,
@@ -124,7 +146,9 @@ def test_two_workers_match_one_worker_on_the_concatenated_batch(ray_session, tmp
         return build_algorithm(cfg.algo, cfg.critic, cfg.actor, 5, 2, 1.0, torch.device("cpu"))
 
     def flat(algo) -> torch.Tensor:
-        return torch.cat([p.detach().flatten() for m in (algo.critic, algo.actor) for p in m.parameters()])
+        return torch.cat(
+            [p.detach().flatten() for m in (algo.critic, algo.actor) for p in m.parameters()]
+        )
 
     algo = fresh()
     for batch in _batches():
@@ -155,16 +179,23 @@ def test_worker_killed_mid_run_resumes_from_last_checkpoint(ray_session, tmp_pat
     class Recorder(UserCallback):
         def after_report(self, run_context, metrics, checkpoint):  # noqa: ANN001
             with open(log, "a") as fh:
-                fh.write(json.dumps({"step": metrics[0].get("step"), "ckpt": checkpoint is not None}) + "\n")
+                fh.write(
+                    json.dumps({"step": metrics[0].get("step"), "ckpt": checkpoint is not None})
+                    + "\n"
+                )
 
-    cfg = parse_run_config(TINY | {"train": TINY["train"] | {"steps": 1500, "log_every": 50, "checkpoint_every": 250}})
+    cfg = parse_run_config(
+        TINY | {"train": TINY["train"] | {"steps": 1500, "log_every": 50, "checkpoint_every": 250}}
+    )
     trainer = make_trainer(cfg, name="killed", storage_path=tmp_path, callbacks=[Recorder()])
     killed: list[int] = []
 
     def killer() -> None:
         deadline = time.time() + 240
         while time.time() < deadline:
-            recs = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+            recs = (
+                [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+            )
             ckpt_steps = [r["step"] for r in recs if r["ckpt"]]
             # Kill two reports after the first checkpoint, so the restart visibly repeats steps.
             if ckpt_steps and recs[-1]["step"] >= ckpt_steps[0] + 100:
