@@ -125,7 +125,11 @@ def analyse(out_root: Path, names: list[str]) -> dict[str, Any]:
     for name in names:
         hist, bound = load_history(out_root / name)
         crossing = next(
-            (int(r[M.STEP]) for r in hist if not math.isfinite(r.get(M.Q_MEAN, 0.0)) or abs(r.get(M.Q_MEAN, 0.0)) > bound),
+            (
+                int(r[M.STEP])
+                for r in hist
+                if not math.isfinite(r.get(M.Q_MEAN, 0.0)) or abs(r.get(M.Q_MEAN, 0.0)) > bound
+            ),
             None,
         )
         seems = [r[M.SEEM] for r in hist if M.SEEM in r and math.isfinite(r[M.SEEM])]
@@ -145,7 +149,9 @@ def analyse(out_root: Path, names: list[str]) -> dict[str, Any]:
                     flagged = int(r[M.STEP])
                     break
             row[pname] = flagged
-            stats = per_pred.setdefault(pname, {"detected": 0, "false_alarms": 0, "misses": 0, "leads": [], "late": 0})
+            stats = per_pred.setdefault(
+                pname, {"detected": 0, "false_alarms": 0, "misses": 0, "leads": [], "late": 0}
+            )
             if crossing is None:
                 stats["false_alarms"] += flagged is not None
             elif flagged is None:
@@ -196,7 +202,13 @@ def write_markdown(result: dict[str, Any], path: Path, meta: dict[str, Any]) -> 
         lines.append(
             f"| {name} | {s['detected']}/{s['of_divergers']} | {s['false_alarms']}/{s['of_healthy']} | {s['misses']} | {s['late']} | {med} | {mn} |"
         )
-    lines += ["", "## Runs", "", "| run | Q bound | diverged at | max SEEM | final mean Q | default flags at | SEEM>0 x1 flags at |", "|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## Runs",
+        "",
+        "| run | Q bound | diverged at | max SEEM | final mean Q | default flags at | SEEM>0 x1 flags at |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in result["runs"]:
         ms = f"{r['max_seem']:.3f}" if r["max_seem"] is not None else "-"
         fq = f"{r['final_q']:.3g}" if r["final_q"] is not None else "-"
@@ -210,12 +222,16 @@ def write_markdown(result: dict[str, Any], path: Path, meta: dict[str, Any]) -> 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="a 2-run grid (seconds-minutes), for CI smoke")
+    p.add_argument(
+        "--quick", action="store_true", help="a 2-run grid (seconds-minutes), for CI smoke"
+    )
     p.add_argument("--steps", type=int, default=15000)
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--out", default=str(ROOT / "runs" / "calibration"))
     p.add_argument("--doc", default=str(ROOT / "docs" / "calibration.md"))
-    p.add_argument("--json", action="store_true", help="print the predictor table as JSON (last line)")
+    p.add_argument(
+        "--json", action="store_true", help="print the predictor table as JSON (last line)"
+    )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     os.environ.setdefault("MINARI_DATASETS_PATH", str(ROOT / "datasets"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -16,9 +17,21 @@ from typing import Any
 
 import torch
 
-__all__ = ["CHECKPOINT_FILE", "CheckpointError", "config_fingerprint", "load_checkpoint", "save_checkpoint"]
+__all__ = [
+    "CHECKPOINT_FILE",
+    "PREVIOUS_FILE",
+    "CheckpointError",
+    "config_fingerprint",
+    "load_checkpoint",
+    "load_latest_good",
+    "save_checkpoint",
+]
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "state.pt"
+PREVIOUS_FILE = "state.prev.pt"
+"""The checkpoint before the latest, kept so a corrupted latest one costs one interval, not the run."""
 FORMAT_VERSION = 1
 
 
@@ -44,6 +57,8 @@ def save_checkpoint(directory: str | Path, state: dict[str, Any], fingerprint: s
             torch.save(payload, fh)
             fh.flush()
             os.fsync(fh.fileno())
+        if target.exists():
+            os.replace(target, directory / PREVIOUS_FILE)
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -69,11 +84,34 @@ def load_checkpoint(path: str | Path, fingerprint: str | None = None) -> dict[st
             f"checkpoint {path} is corrupt or truncated ({type(err).__name__}); delete it to restart "
             "from the previous one or from scratch"
         ) from None
-    if not isinstance(payload, dict) or payload.get("format_version") != FORMAT_VERSION or "state" not in payload:
-        raise CheckpointError(f"checkpoint {path} is not a seem_ray checkpoint (format {FORMAT_VERSION})")
+    if (
+        not isinstance(payload, dict)
+        or payload.get("format_version") != FORMAT_VERSION
+        or "state" not in payload
+    ):
+        raise CheckpointError(
+            f"checkpoint {path} is not a seem_ray checkpoint (format {FORMAT_VERSION})"
+        )
     if fingerprint is not None and payload.get("fingerprint") != fingerprint:
         raise CheckpointError(
             f"checkpoint {path} was written by a different configuration (fingerprint "
             f"{payload.get('fingerprint')} != {fingerprint}); use the original config or a new run folder"
         )
     return payload["state"]
+
+
+def load_latest_good(directory: str | Path, fingerprint: str | None = None) -> dict[str, Any]:
+    """The newest readable checkpoint in ``directory``: ``state.pt``, else ``state.prev.pt``.
+
+    A corrupt or missing latest file falls back to the previous one with a warning; a checkpoint
+    of a different configuration is never silently skipped.
+    """
+    directory = Path(directory)
+    latest, previous = directory / CHECKPOINT_FILE, directory / PREVIOUS_FILE
+    try:
+        return load_checkpoint(latest, fingerprint)
+    except CheckpointError as err:
+        if "different configuration" in str(err) or not previous.is_file():
+            raise
+        log.warning("%s; falling back to the previous checkpoint %s", err, previous)
+        return load_checkpoint(previous, fingerprint)

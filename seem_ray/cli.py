@@ -24,17 +24,33 @@ __all__ = ["main"]
 
 log = logging.getLogger("seem_ray.cli")
 
-BAD_INPUT: tuple[type[BaseException], ...] = (ConfigError, DataError, CheckpointError, FileExistsError, FileNotFoundError)
+BAD_INPUT: tuple[type[BaseException], ...] = (
+    ConfigError,
+    DataError,
+    CheckpointError,
+    FileExistsError,
+    FileNotFoundError,
+)
 
 
 # ----------------------------------------------------------------------------- train
 def _cmd_train(args: argparse.Namespace) -> int:
+    if args.resume and (args.ray or args.workers):
+        raise ConfigError(
+            "--resume",
+            "only for single-process runs; a Ray Train run resumes by itself when started again "
+            "with the same --run-dir",
+        )
     cfg = load_run_config(args.config, parse_set_expressions(args.set))
     if args.workers:
         from seem_ray.config import apply_overrides
 
         cfg = apply_overrides(cfg, {"scaling.num_workers": args.workers})
-    run_dir = Path(args.run_dir) if args.run_dir else runs_dir() / "train" / (args.name or Path(args.config or "default").stem)
+    run_dir = (
+        Path(args.run_dir)
+        if args.run_dir
+        else runs_dir() / "train" / (args.name or Path(args.config or "default").stem)
+    )
     if args.ray or args.workers:
         from seem_ray.data.generate import ensure_dataset
         from seem_ray.train import TrainFailure, fit
@@ -47,14 +63,18 @@ def _cmd_train(args: argparse.Namespace) -> int:
         except TrainFailure as err:
             print(f"error: {err}", file=sys.stderr)
             return 1
-        print(json.dumps({k: v for k, v in metrics.items() if isinstance(v, int | float)}, indent=2))
+        print(
+            json.dumps({k: v for k, v in metrics.items() if isinstance(v, int | float)}, indent=2)
+        )
         return 0
     from seem_ray.data.generate import ensure_dataset
     from seem_ray.runner import run_local
 
     ensure_dataset(cfg.data.dataset)
     summary = run_local(cfg, run_dir, resume=args.resume)
-    print(f"run folder: {summary.run_dir}  stop reason: {summary.stop_reason}  steps: {summary.steps}")
+    print(
+        f"run folder: {summary.run_dir}  stop reason: {summary.stop_reason}  steps: {summary.steps}"
+    )
     return 0
 
 
@@ -71,7 +91,9 @@ def _cmd_seem(args: argparse.Namespace) -> int:
     cfg = load_run_config(run_dir / "config.yaml")
     data = prepare_data(cfg)
     run = TrainingRun(cfg, data, torch.device("cpu"))
-    run.load_state_dict(load_checkpoint(run_dir / "checkpoint", config_fingerprint(run.fingerprint_parts())))
+    run.load_state_dict(
+        load_checkpoint(run_dir / "checkpoint", config_fingerprint(run.fingerprint_parts()))
+    )
     with torch.no_grad():
         next_act = run.algo.next_actions(run.probe.next_obs)
     res = compute_seem(
@@ -107,8 +129,22 @@ def _cmd_ui(args: argparse.Namespace) -> int:
     from seem_ray.tracking import resolve_tracking_uri
 
     uri = args.backend_store_uri or resolve_tracking_uri(None)
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]
-    print(f"MLflow UI on http://{args.host}:{args.port} (store {uri}); Ctrl-C to stop", file=sys.stderr)
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "ui",
+        "--backend-store-uri",
+        uri,
+        "--host",
+        args.host,
+        "--port",
+        str(args.port),
+    ]
+    print(
+        f"MLflow UI on http://{args.host}:{args.port} (store {uri}); Ctrl-C to stop",
+        file=sys.stderr,
+    )
     try:
         return subprocess.call(cmd)
     except KeyboardInterrupt:
@@ -140,19 +176,35 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="train one run (single process; --workers N for Ray Train DDP)")
-    p.add_argument("config", nargs="?", help="run YAML (fields of seem_ray.config.RunConfig); default: built-in defaults")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field, e.g. algo.gamma=0.95")
+    p = sub.add_parser(
+        "train", help="train one run (single process; --workers N for Ray Train DDP)"
+    )
+    p.add_argument(
+        "config",
+        nargs="?",
+        help="run YAML (fields of seem_ray.config.RunConfig); default: built-in defaults",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a field, e.g. algo.gamma=0.95",
+    )
     p.add_argument("--run-dir", help="output folder (default: runs/train/<config name>)")
     p.add_argument("--name", help="run name when --run-dir is not given")
-    p.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
+    p.add_argument(
+        "--resume", action="store_true", help="continue from the run folder's checkpoint"
+    )
     p.add_argument("--workers", type=int, default=0, help="Ray Train workers (implies --ray)")
     p.add_argument("--ray", action="store_true", help="run through Ray Train even with one worker")
     p.add_argument("--address", default=None, help="Ray address (auto/local/host:port)")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("sweep", help="run a Tune sweep (see seem_ray/tune.py)")
-    p.add_argument("config", nargs="?", help="sweep YAML (tune_configs/*.yaml); default: the demo sweep")
+    p.add_argument(
+        "config", nargs="?", help="sweep YAML (tune_configs/*.yaml); default: the demo sweep"
+    )
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--name")
     p.add_argument("--resume", action="store_true")
@@ -162,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("seem", help="SEEM of a run folder's latest checkpoint")
     p.add_argument("run_dir")
-    p.add_argument("--eig", default="auto", choices=["auto", "dense", "arnoldi"])
+    p.add_argument("--eig", default="auto", choices=["auto", "dense", "mixed"])
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--mask-terminals", action="store_true")
     p.set_defaults(func=_cmd_seem)
@@ -190,7 +242,10 @@ def run_command(func: Callable[[argparse.Namespace], int], args: argparse.Namesp
     try:
         return int(func(args) or 0)
     except BAD_INPUT as err:
-        print(f"error: {str(err).splitlines()[0] if str(err) else type(err).__name__}", file=sys.stderr)
+        print(
+            f"error: {str(err).splitlines()[0] if str(err) else type(err).__name__}",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -56,7 +56,7 @@ NORMS = ("none", "layer", "rms", "batch", "spectral", "weight")
 NORM_POSITIONS = ("before_act", "after_act")
 ALGORITHMS = ("td3bc", "iql", "cql")
 OPTIMIZERS = ("adam", "sgd")
-EIG_METHODS = ("auto", "dense", "arnoldi")
+EIG_METHODS = ("auto", "dense", "mixed")
 STOPPERS = ("seem", "q_bound", "none")
 SUBSAMPLE_MODES = ("random", "first")
 DEVICES = ("auto", "cpu", "cuda")
@@ -271,7 +271,9 @@ class AlgoConfig:
         _choice("critic_optimizer", self.critic_optimizer, OPTIMIZERS)
         _require(1 <= self.ensemble <= 64, "ensemble", self.ensemble, "1..64")
         if self.name in ("td3bc", "cql"):
-            _require(self.ensemble >= 2, "ensemble", self.ensemble, ">= 2 for twin-critic algorithms")
+            _require(
+                self.ensemble >= 2, "ensemble", self.ensemble, ">= 2 for twin-critic algorithms"
+            )
 
 
 @dataclass(frozen=True)
@@ -289,7 +291,7 @@ class SeemConfig:
     mask_terminals: bool = False
     """Use gamma*(1-done) per row of A (the paper ignores done)."""
     eig: str = "auto"
-    """Eigen-solver for the rightmost eigenvalue: auto, dense or arnoldi (exact, checked)."""
+    """Eigen-solver for the rightmost eigenvalue: auto, dense or mixed (exact, checked)."""
 
     def __post_init__(self) -> None:
         _require(self.every >= 1, "every", self.every, ">= 1")
@@ -627,16 +629,21 @@ def _space_spec(value: Any, name: str) -> SpaceSpec:
         return value
     if not isinstance(value, Mapping) or len(value) != 1:
         raise ConfigError(
-            name, f"got {value!r}; expected one of {{grid|choice: [..]}}, {{uniform|loguniform|randint: [lo, hi]}}"
+            name,
+            f"got {value!r}; expected one of {{grid|choice: [..]}}, {{uniform|loguniform|randint: [lo, hi]}}",
         )
-    (kind, arg), = value.items()
+    ((kind, arg),) = value.items()
     if kind not in SPACE_KINDS:
-        raise ConfigError(name, f"unknown space kind {kind!r}; expected one of {', '.join(SPACE_KINDS)}")
+        raise ConfigError(
+            name, f"unknown space kind {kind!r}; expected one of {', '.join(SPACE_KINDS)}"
+        )
     if not isinstance(arg, list) or not arg:
         raise ConfigError(name, f"got {arg!r}; expected a non-empty list")
     try:
         if kind in ("grid", "choice"):
-            return SpaceSpec(kind=kind, values=tuple(tuple(v) if isinstance(v, list) else v for v in arg))
+            return SpaceSpec(
+                kind=kind, values=tuple(tuple(v) if isinstance(v, list) else v for v in arg)
+            )
         if len(arg) != 2:
             raise ConfigError("range", f"got {arg!r}; expected [low, high]")
         return SpaceSpec(kind=kind, low=float(arg[0]), high=float(arg[1]))
@@ -656,7 +663,9 @@ def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
         if key not in names:
             if not str(key).isidentifier():
                 dotted = f"{prefix}.{key!r}" if prefix else repr(key)
-            raise ConfigError(dotted, f"unknown key{_closest(str(key), names)}; allowed: {', '.join(names)}")
+            raise ConfigError(
+                dotted, f"unknown key{_closest(str(key), names)}; allowed: {', '.join(names)}"
+            )
         kwargs[key] = _coerce(value, hints[key], dotted)
     try:
         return cls(**kwargs)
@@ -742,17 +751,23 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError("", f"{p} must contain a mapping of config sections, got {type(data).__name__}")
+        raise ConfigError(
+            "", f"{p} must contain a mapping of config sections, got {type(data).__name__}"
+        )
     return data
 
 
-def parse_run_config(data: Mapping[str, Any], overrides: Mapping[str, Any] | None = None) -> RunConfig:
+def parse_run_config(
+    data: Mapping[str, Any], overrides: Mapping[str, Any] | None = None
+) -> RunConfig:
     """Mapping (+ dotted overrides) -> validated RunConfig."""
     cfg = from_dict(RunConfig, data)
     return apply_overrides(cfg, overrides) if overrides else cfg
 
 
-def load_run_config(path: str | Path | None, overrides: Mapping[str, Any] | None = None) -> RunConfig:
+def load_run_config(
+    path: str | Path | None, overrides: Mapping[str, Any] | None = None
+) -> RunConfig:
     """YAML file (or defaults when None) + overrides -> validated RunConfig."""
     return parse_run_config(load_yaml(path) if path is not None else {}, overrides)
 

@@ -224,10 +224,10 @@ class GrowthPredictor(_Latching):
         s = self.order()
         self.sustained = self.sustained + 1 if s is not None and s >= self.min_order else 0
         self.predicted_step = self.project()
-        if self.sustained >= self.sustain and self.predicted_step is not None:
-            if self.predicted_step <= self.horizon * step:
-                since = self.steps[max(0, len(self.steps) - self.sustained)]
-                return self._flag(step, M.REASON_GROWTH, since, self.predicted_step)
+        due = self.predicted_step is not None and self.predicted_step <= self.horizon * step
+        if self.sustained >= self.sustain and due:
+            since = self.steps[max(0, len(self.steps) - self.sustained)]
+            return self._flag(step, M.REASON_GROWTH, since, self.predicted_step)
         return self.verdict
 
 
@@ -260,7 +260,9 @@ class CompositePredictor(_Latching):
         super().__init__()
         self.bound = QBoundPredictor(q_bound, q_bound_factor)
         self.seem = SeemPredictor(seem_threshold, patience)
-        self.growth = GrowthPredictor(q_bound * q_bound_factor, sustain=patience, horizon=growth_horizon)
+        self.growth = GrowthPredictor(
+            q_bound * q_bound_factor, sustain=patience, horizon=growth_horizon
+        )
         self.grace_steps = grace_steps
         self.confirm_order = confirm_order
         self.use_growth = use_growth
@@ -275,7 +277,9 @@ class CompositePredictor(_Latching):
             return self.verdict
         order = self.growth.order()
         if self.seem.persistent and order is not None and order >= self.confirm_order:
-            return self._flag(step, M.REASON_SEEM, self.seem.streak_start or step, self.growth.predicted_step)
+            return self._flag(
+                step, M.REASON_SEEM, self.seem.streak_start or step, self.growth.predicted_step
+            )
         if self.use_growth and g.diverging:
             return self._flag(step, M.REASON_GROWTH, g.since or step, g.predicted_step)
         return self.verdict

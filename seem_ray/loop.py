@@ -56,7 +56,9 @@ def prepare_data(cfg: RunConfig) -> PreparedData:
         seed=cfg.data.subsample_seed,
     )
     normalizer = (
-        StateNormalizer.from_transitions(kept) if cfg.data.normalize_states else StateNormalizer.identity(kept.obs_dim)
+        StateNormalizer.from_transitions(kept)
+        if cfg.data.normalize_states
+        else StateNormalizer.identity(kept.obs_dim)
     )
     data = normalizer.apply(kept)
     if cfg.data.reward_scale != 1.0:
@@ -104,7 +106,13 @@ class TrainingRun:
     """
 
     def __init__(
-        self, cfg: RunConfig, data: PreparedData, device: torch.device, *, rank: int = 0, world_size: int = 1
+        self,
+        cfg: RunConfig,
+        data: PreparedData,
+        device: torch.device,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         self.cfg = cfg
         self.data = data
@@ -119,8 +127,12 @@ class TrainingRun:
         )
         # Independent stream per worker: every worker sees the whole dataset (small offline
         # datasets make sharding an accuracy cost, not a memory win), seeded apart by rank.
-        self.sampler = ReplaySampler(t, cfg.algo.batch_size, device, seed=cfg.train.seed * 100_003 + rank)
-        self.probe_index = make_probe_index(len(t), min(cfg.seem.probe_size, max(len(t), 2)), cfg.train.seed)
+        self.sampler = ReplaySampler(
+            t, cfg.algo.batch_size, device, seed=cfg.train.seed * 100_003 + rank
+        )
+        self.probe_index = make_probe_index(
+            len(t), min(cfg.seem.probe_size, max(len(t), 2)), cfg.train.seed
+        )
         self.probe = Batch.from_transitions(t.select(self.probe_index), device)
         self.step = 0
         self.seem_seconds = 0.0
@@ -142,13 +154,17 @@ class TrainingRun:
         self.sampler.set_state(state["sampler_rng"])
         self.step = int(state["step"])
         self.probe_index = state["probe_index"].numpy()
-        self.probe = Batch.from_transitions(self.data.transitions.select(self.probe_index), self.device)
+        self.probe = Batch.from_transitions(
+            self.data.transitions.select(self.probe_index), self.device
+        )
         torch.set_rng_state(state["torch_rng"])
 
     def fingerprint_parts(self) -> dict[str, Any]:
         """Config parts a checkpoint must match (everything but the step budget and cadences)."""
         d = to_dict(self.cfg)
-        return {k: d[k] for k in ("data", "algo", "critic", "actor")} | {"seed": self.cfg.train.seed}
+        return {k: d[k] for k in ("data", "algo", "critic", "actor")} | {
+            "seed": self.cfg.train.seed
+        }
 
     # ---------------------------------------------------------------- measurements
     @torch.no_grad()
@@ -204,7 +220,10 @@ class TrainingRun:
             return self.algo.act(x).cpu().numpy()
 
         result = evaluate_policy(
-            self.cfg.data.dataset, policy, episodes=self.cfg.train.eval_episodes, seed=self.cfg.train.seed + 10_000
+            self.cfg.data.dataset,
+            policy,
+            episodes=self.cfg.train.eval_episodes,
+            seed=self.cfg.train.seed + 10_000,
         )
         out = {M.RETURN_MEAN: float(result.return_mean)}
         if result.normalized_score is not None:
@@ -231,7 +250,9 @@ class TrainingRun:
             final = self.step >= tc.steps
             if not (final or self.step % tc.log_every == 0):
                 continue
-            metrics = {key: float(total) / count for key, total in sums.items()}  # the one host sync
+            metrics = {
+                key: float(total) / count for key, total in sums.items()
+            }  # the one host sync
             elapsed = time.perf_counter() - window_start
             metrics[M.STEPS_PER_S] = window_steps / elapsed if elapsed > 0 else 0.0
             metrics[M.STEP] = float(self.step)
@@ -239,9 +260,13 @@ class TrainingRun:
                 metrics.update(self.probe_q_metrics())
                 if sc.enabled and (final or self.step % sc.every < tc.log_every):
                     metrics.update(self.seem_metrics())
-                if tc.eval_episodes > 0 and (final or (tc.eval_every and self.step % tc.eval_every < tc.log_every)):
+                if tc.eval_episodes > 0 and (
+                    final or (tc.eval_every and self.step % tc.eval_every < tc.log_every)
+                ):
                     metrics.update(self.evaluate())
-            checkpoint_due = final or bool(tc.checkpoint_every and self.step % tc.checkpoint_every < tc.log_every)
+            checkpoint_due = final or bool(
+                tc.checkpoint_every and self.step % tc.checkpoint_every < tc.log_every
+            )
             stop = report(self, Report(self.step, metrics, checkpoint_due, final))
             sums, count = {}, 0
             window_start, window_steps = time.perf_counter(), 0

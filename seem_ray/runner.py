@@ -23,7 +23,12 @@ from typing import Any
 import yaml
 
 from seem_ray import metrics as M
-from seem_ray.checkpoint import CheckpointError, config_fingerprint, load_checkpoint, save_checkpoint
+from seem_ray.checkpoint import (
+    CheckpointError,
+    config_fingerprint,
+    load_latest_good,
+    save_checkpoint,
+)
 from seem_ray.config import RunConfig, to_dict
 from seem_ray.divergence import Predictor, Verdict, build_predictor
 from seem_ray.loop import Report, TrainingRun, prepare_data
@@ -109,10 +114,14 @@ def run_local(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False) -> R
     ckpt_dir = run_dir / "checkpoint"
     metrics_path = run_dir / "metrics.jsonl"
     if resume:
-        if not (ckpt_dir / "state.pt").exists():
-            raise CheckpointError(f"nothing to resume in {run_dir}: no checkpoint/state.pt; start without --resume")
+        if not any((ckpt_dir / f).exists() for f in ("state.pt", "state.prev.pt")):
+            raise CheckpointError(
+                f"nothing to resume in {run_dir}: no checkpoint/state.pt; start without --resume"
+            )
     elif run_dir.exists() and any(run_dir.iterdir()):
-        raise FileExistsError(f"run folder {run_dir} is not empty; pass --resume to continue it or choose another --run-dir")
+        raise FileExistsError(
+            f"run folder {run_dir} is not empty; pass --resume to continue it or choose another --run-dir"
+        )
 
     seed_everything(cfg.train.seed)
     set_threads(cfg.train.threads)
@@ -122,7 +131,7 @@ def run_local(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False) -> R
     fingerprint = config_fingerprint(run.fingerprint_parts())
     history: list[dict[str, float]] = []
     if resume:
-        state = load_checkpoint(ckpt_dir, fingerprint)
+        state = load_latest_good(ckpt_dir, fingerprint)
         run.load_state_dict(state)
         history = _read_history(metrics_path, run.step)
         log.info("resuming %s from step %d", run_dir, run.step)

@@ -48,7 +48,9 @@ def pick_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("train.device is 'cuda' but no CUDA device is visible; use 'auto' or 'cpu'")
+        raise ValueError(
+            "train.device is 'cuda' but no CUDA device is visible; use 'auto' or 'cpu'"
+        )
     return torch.device(name)
 
 
@@ -72,7 +74,9 @@ def datasets_dir() -> Path:
 
 def setup_logging(level: int = logging.INFO) -> None:
     """One-line log format for the CLI and scripts (library code only uses `logging`)."""
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

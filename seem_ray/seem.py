@@ -12,8 +12,11 @@ with g(x) = grad_theta Q(x) over all trainable parameters (docs/seem.md sections
 Two exact Gram paths: "layerwise" builds G from per-layer inputs and output-gradients (one
 backward per input set, seem.md section 4) for MLPs of Linear/LayerNorm/RMSNorm and elementwise
 activations; "generic" uses torch.func per-sample gradients (chunked) for any other module.
-The rightmost eigenvalue comes from a dense float64 eigensolver (default), or, opt-in, from a
-shift-invert block Krylov method whose answer is residual-checked and falls back to dense.
+Duplicate probe rows (probes are drawn with replacement) are merged first: with E the N x u
+indicator of unique rows and D = diag(multiplicities), A = E A_u E^T, so A's nonzero eigenvalues
+are those of D^1/2 A_u D^1/2 (u x u, same Frobenius norm as A) plus N - u exact zeros.
+The rightmost eigenvalue comes from dense float64 eigvals (small probes) or from a float32 full
+spectrum refined by float64 inverse iteration ("mixed", see `_mixed_eigs`), dense as fallback.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator
+import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -48,14 +52,18 @@ log = logging.getLogger(__name__)
 
 GRAM_METHODS = ("auto", "layerwise", "generic")
 
-# Arnoldi accepts an eigenpair when ||A v - lam v|| <= ARNOLDI_TOL (A scaled to ||A||_F = 1).
-ARNOLDI_TOL = 1e-9
-# Shift-invert rounds before the dense fallback.
-SHIFT_ROUNDS = 4
-# Eigenvalues closer than this to the best one found (units of ||A||_F) need no certificate.
-ARNOLDI_SLACK = 1e-7
-# Largest shift-invert Krylov space per round.
-KRYLOV_MAX_DIM = 384
+# Probes up to this size use dense float64 eigvals under "auto"; larger ones "mixed".
+DENSE_MAX_N = 768
+# Mixed accepts a refined eigenpair when ||A v - lam v|| <= MIXED_TOL (A scaled to ||A||_F = 1)
+MIXED_TOL = 1e-10
+# ... and when it lies within MIXED_LOCATE of the float32 eigenvalue it was refined from.
+MIXED_LOCATE = 1e-4
+# Float32 candidates this far right of the best refined eigenvalue are refined as well.
+MIXED_MARGIN = 2.5e-7
+# Refinements (one LU each) before the dense fallback.
+MIXED_MAX_REFINE = 4
+# Inverse-iteration steps per refinement.
+MIXED_ITERS = 12
 # Memory budget (bytes) for the float64 temporaries of one row block of the Gram.
 _BLOCK_BYTES = 256 * 2**20
 # Memory budget (bytes) for materialised per-sample gradients on the generic path.
@@ -102,9 +110,11 @@ class SeemResult:
     method: str
     """Gram path: "layerwise" or "generic"."""
     eig_method: str
-    """Eigen-solver that produced the answer: "dense" or "arnoldi"."""
+    """Eigen-solver that produced the answer: "dense" or "mixed"."""
     top_eigs: tuple[complex, ...] = ()
     """The top_k rightmost eigenvalues of A (complex), rightmost first; empty when top_k=0."""
+    unique_rows: int = 0
+    """Distinct probe rows the eigen-problem was solved on (n when nothing was merged)."""
 
 
 def probe_critic(critic: nn.Module, head: int) -> nn.Module:
@@ -493,144 +503,100 @@ def _dense_eigs(a: np.ndarray) -> np.ndarray:
     return _sort_right(w)
 
 
-class _BlockKrylov:
-    """Growing orthonormal basis of span{X, TX, T^2 X, ...} with A times it kept alongside."""
+def _mixed_eigs(a: np.ndarray) -> np.ndarray | None:
+    """The rightmost eigenvalue of a (||a||_F == 1), located in float32 and refined in float64.
 
-    def __init__(
-        self,
-        a: np.ndarray,
-        apply: Callable[[np.ndarray], np.ndarray],
-        block: int,
-        seed: int,
-        max_dim: int,
-    ) -> None:
-        n = a.shape[0]
-        self.a, self.apply, self.block = a, apply, block
-        self.max_dim = min(max_dim, n - 2 * block)
-        self._v = np.empty((n, self.max_dim))
-        self._av = np.empty((n, self.max_dim))
-        q, _ = np.linalg.qr(np.random.default_rng(seed).standard_normal((n, block)))
-        self._v[:, :block] = q
-        self.dim = block
-        self._av_dim = 0  # columns of A @ basis computed so far (filled lazily, one GEMM)
-        self.exhausted = False
-
-    def extend(self, steps: int) -> None:
-        b = self.block
-        for _ in range(steps):
-            if self.exhausted or self.dim + b > self.max_dim:
-                self.exhausted = True
-                return
-            basis = self._v[:, : self.dim]
-            w = self.apply(self._v[:, self.dim - b : self.dim])
-            for _ in range(2):  # classical Gram-Schmidt twice: orthogonal to working precision
-                w -= basis @ (basis.T @ w)
-            q, r = np.linalg.qr(w)
-            if np.min(np.abs(np.diag(r))) <= 1e-12 * max(1.0, float(np.abs(r).max())):
-                self.exhausted = True  # (near-)invariant subspace: Ritz values are exact
-                return
-            self._v[:, self.dim : self.dim + b] = q
-            self.dim += b
-
-    def ritz(self, sigma: float | None = None, count: int = 0) -> tuple[np.ndarray, np.ndarray]:
-        """Rayleigh-Ritz of A on the basis: Ritz values and their true residual norms.
-
-        With sigma, only the `count` Ritz values nearest sigma, nearest first.
-        """
-        v, av = self._v[:, : self.dim], self._av[:, : self.dim]
-        if self._av_dim < self.dim:
-            av[:, self._av_dim :] = self.a @ v[:, self._av_dim :]
-            self._av_dim = self.dim
-        vals, y = scipy.linalg.eig(v.T @ av, check_finite=False)
-        if sigma is not None:
-            keep = np.argsort(np.abs(vals - sigma))[:count]
-            vals, y = vals[keep], y[:, keep]
-        y /= np.linalg.norm(y, axis=0)
-        resid = np.linalg.norm(av @ y - (v @ y) * vals[None, :], axis=0)
-        return vals, resid
-
-
-def _arnoldi_eigs(a: np.ndarray, k: int) -> np.ndarray | None:
-    """The k rightmost eigenvalues of a (||a||_F == 1) by shift-invert block Krylov, or None.
-
-    Plain Krylov resolves the rightmost eigenvalue very slowly when it sits in the dense cluster
-    near zero that -G(X, X) produces (a converging critic: thousands of matrix-vector products),
-    so: (1) a short block Krylov on `a` locates the right edge and any outlier; (2) one LU of
-    a - sigma I, sigma just right of that edge, makes the eigenvalues nearest sigma dominant; a
-    block Krylov on the inverse plus Rayleigh-Ritz with `a` gets them to residual ARNOLDI_TOL.
-    The answer is accepted only when the wanted Ritz pairs nearest sigma have all converged, lie
-    left of sigma, their disk covers the strip between them and sigma, and no localisation Ritz
-    value lies further right; otherwise sigma moves (at most SHIFT_ROUNDS) and then None (dense).
+    Why it is exact to ~1e-7 (SEEM units): sgeev is backward stable, so its eigenvalues are the
+    exact eigenvalues of a + E with ||E|| ~ eps32 ||a|| (~1e-7), and each lies within
+    delta ~ kappa(lam) * ||E|| of an eigenvalue of a. Shifted inverse iteration with a float64
+    LU of a - c I (complex for complex c) converges to the eigenvalue of a nearest the shift c;
+    it is accepted only with residual ||a v - lam v|| <= MIXED_TOL (lam is then an exact
+    eigenvalue of a + F, ||F|| <= 1e-10) and |lam - c| <= MIXED_LOCATE. The reported value is
+    thus a float64 eigenvalue, never above the true maximum by more than the residual, and an
+    eigenvalue further right would need a float32 candidate c' with Re c' within delta of it:
+    every candidate right of best - margin is refined too (at most MIXED_MAX_REFINE LUs), so
+    the miss is at most margin + delta, margin <= MIXED_MARGIN. In ill-conditioned clusters
+    (where float32 may reorder eigenvalues) the refinement returns the float64 eigenvalue
+    nearest each candidate; clusters tighter than the residual are exact zero/near-zero modes
+    whose vectors are all eigenvectors. None (dense fallback) when any check fails.
     """
     n = a.shape[0]
-    if n < 128:
+    w32 = scipy.linalg.eigvals(a.astype(np.float32), check_finite=False)
+    if not np.all(np.isfinite(w32)):
         return None
-    local = _BlockKrylov(a, lambda x: a @ x, 8, seed=1, max_dim=48)
-    local.extend(5)
-    theta, rho = local.ritz()
-    edge = float(theta.real.max())
-    outliers = float(np.max(theta.real - rho))
-    sigma = edge + max(abs(edge), 1e-6)
-    for attempt in range(SHIFT_ROUNDS):
-        try:
-            shifted = a.copy()
-            shifted.flat[:: n + 1] -= sigma
-            lu = scipy.linalg.lu_factor(shifted, check_finite=False, overwrite_a=True)
-        except (ValueError, np.linalg.LinAlgError):
+    cands = _sort_right(w32.astype(np.complex128))
+    cands = cands[cands.imag >= 0]  # one member per conjugate pair
+    rng = np.random.default_rng(0)
+    start = rng.standard_normal(n) + 1j * rng.standard_normal(n)
+    best: complex | None = None
+    margin = MIXED_MARGIN
+    for refined, c in enumerate(cands):
+        if best is not None and c.real <= best.real + margin:
+            break
+        if refined == MIXED_MAX_REFINE:
+            log.debug("mixed eig: %d candidates right of %.3g; dense", refined, best)
             return None
-        space = _BlockKrylov(
-            a,
-            lambda x, lu=lu: scipy.linalg.lu_solve(lu, x, check_finite=False),
-            8,
-            seed=2 + attempt,
-            max_dim=KRYLOV_MAX_DIM,
-        )
-        best, radius = math.inf, 0.0
-        space.extend(12)
-        while True:
-            vals, resid = space.ritz(sigma, max(k, 1) + 64)
-            # Ritz values converge nearest-first: keep the converged prefix; its farthest
-            # member bounds the disk inside which every eigenvalue has been found.
-            bad = np.flatnonzero(resid > ARNOLDI_TOL)
-            found = vals[: bad[0] if bad.size else vals.size]
-            if found.size >= max(k, 1):
-                radius = float(abs(found[-1] - sigma))
-                if bad.size:  # half-way to the first unconverged Ritz value is still searched
-                    radius = max(radius, 0.5 * float(abs(vals[bad[0]] - sigma)))
-                best = float(found.real.max())
-                if best >= sigma:
-                    break
-                covered = radius >= 1.5 * (sigma - best) or sigma - best <= ARNOLDI_SLACK
-                if covered and outliers <= best + ARNOLDI_SLACK:
-                    return _sort_right(found)[: max(k, 1)]
-            if space.exhausted:
-                break
-            space.extend(6)
-        log.debug(
-            "shift-invert round %d: sigma=%.3g best=%.3g radius=%.3g outliers=%.3g",
-            attempt,
-            sigma,
-            best,
-            radius,
-            outliers,
-        )
-        if not math.isfinite(best):
+        lam = _inverse_iteration(a, complex(c), start)
+        if lam is None:
             return None
-        # Closer to the edge when the disk stayed too small; further right when inside.
-        sigma = best + (radius / 10 if best < sigma else max(sigma - edge, radius, 1e-6))
+        if best is None:
+            # Observed float32 error of the top eigenvalue: the noise level of the others.
+            margin = min(max(4.0 * abs(lam - c), 1e-9), MIXED_MARGIN)
+        if best is None or lam.real > best.real:
+            best = lam
+    assert best is not None
+    return np.array([best])
+
+
+def _inverse_iteration(a: np.ndarray, c: complex, start: np.ndarray) -> complex | None:
+    """The float64 eigenvalue of a nearest c (one LU of a - c I), or None when unverified."""
+    n = a.shape[0]
+    real = c.imag == 0.0
+    shifted = a.copy() if real else a.astype(np.complex128)
+    sigma: complex | float = c.real if real else c
+    v = start.real.copy() if real else start.copy()
+    for offset in (0.0, 1e-12, 1e-9):  # an exactly singular shift would give inf: nudge it
+        m = shifted.copy()
+        m.flat[:: n + 1] -= sigma + offset
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
+            lu = scipy.linalg.lu_factor(m, check_finite=False, overwrite_a=True)
+        if np.all(np.diag(lu[0]) != 0):
+            break
+    else:
+        return None
+    del m, shifted
+    v /= np.linalg.norm(v)
+    for _ in range(MIXED_ITERS):
+        y = scipy.linalg.lu_solve(lu, v, check_finite=False)
+        norm = float(np.linalg.norm(y))
+        if not math.isfinite(norm) or norm == 0.0:
+            return None
+        v = y / norm
+        av = a @ v if real else a @ v.real + 1j * (a @ v.imag)
+        lam = complex(np.vdot(v, av))
+        if float(np.linalg.norm(av - lam * v)) <= MIXED_TOL:
+            if abs(lam - c) > MIXED_LOCATE:
+                log.debug("mixed eig: float32 candidate %s refined to distant %s", c, lam)
+                return None
+            return complex(lam.real, 0.0) if real else lam
+    log.debug("mixed eig: inverse iteration at %s did not reach residual %.0e", c, MIXED_TOL)
     return None
 
 
 def _eigs(a: np.ndarray, method: str, k: int) -> tuple[np.ndarray, str]:
+    """The max(k, 1) rightmost eigenvalues of a (||a||_F == 1) and the solver that found them."""
     if method not in EIG_METHODS:
         raise ValueError(f"eig method {method!r} unknown; expected one of {', '.join(EIG_METHODS)}")
     n = a.shape[0]
-    # "auto" is dense: the shift-invert certificate is a heuristic and was seen to miss a
-    # rightmost complex pair (LayerNorm critic, n=2560), so Arnoldi is opt-in only.
-    if method == "arnoldi" and n > 2:
-        vals = _arnoldi_eigs(a, k)
+    if method == "auto":
+        method = "dense" if n <= DENSE_MAX_N else "mixed"
+    # Mixed refines one eigenvalue: top_k > 1 needs the whole float64 spectrum anyway.
+    if method == "mixed" and k <= 1 and n > 2:
+        vals = _mixed_eigs(a)
         if vals is not None:
-            return vals, "arnoldi"
+            return vals, "mixed"
+        log.debug("mixed eig unverified at n=%d; dense float64", n)
     return _dense_eigs(a)[: max(k, 1)], "dense"
 
 
@@ -639,10 +605,11 @@ def rightmost_eigenvalue(a: np.ndarray, method: str = "auto") -> tuple[complex, 
 
     Args:
         a: [n, n] real matrix (any scale; solved as a / ||a||_F in float64).
-        method: "dense", "arnoldi" (falls back to dense when unverified) or "auto".
+        method: "dense", "mixed" (float32 locate + float64 refine, dense when unverified)
+            or "auto" (dense up to DENSE_MAX_N, else mixed).
 
     Returns:
-        (eigenvalue in a's scale, "dense" or "arnoldi").
+        (eigenvalue in a's scale, "dense" or "mixed").
     """
     a = np.asarray(a, dtype=np.float64)
     frob = _frob(a)
@@ -662,6 +629,30 @@ def _frob(a: np.ndarray) -> float:
 # ----------------------------------------------------------------------------- SEEM
 
 
+def _unique_rows(
+    x0: torch.Tensor, x1: torch.Tensor, s0: torch.Tensor, s1: torch.Tensor, coef: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, np.ndarray | None]:
+    """One representative per distinct probe row and the multiplicities (None: all distinct).
+
+    Identical rows of (obs, act, next_obs, next_act, coef) have identical gradients, hence
+    identical rows and columns in A; merging them is exact (module docstring).
+    """
+    n = x0.shape[0]
+    key = torch.cat([t.detach().double() for t in (x0, x1, s0, s1)], 1)
+    key = torch.cat([key, coef.to(key.device, torch.float64)[:, None]], 1)
+    _, inverse, counts = torch.unique(key, dim=0, return_inverse=True, return_counts=True)
+    u = counts.shape[0]
+    if u == n:
+        return x0, x1, s0, s1, coef, None
+    order = torch.arange(n, device=inverse.device)
+    first = torch.full((u,), n, dtype=order.dtype, device=inverse.device)
+    first = first.scatter_reduce(0, inverse, order, reduce="amin")
+    log.debug("SEEM probe: %d of %d rows distinct; eigen-problem is %d x %d", u, n, u, u)
+    pick = first.to(x0.device)
+    mult = counts.cpu().numpy().astype(np.float64)
+    return x0[pick], x1[pick], s0[pick], s1[pick], coef[first.cpu()], mult
+
+
 def compute_seem(
     critic: nn.Module,
     obs: torch.Tensor,
@@ -676,6 +667,7 @@ def compute_seem(
     top_k: int = 0,
     scale_by_params: bool = True,
     gram: str = "auto",
+    dedupe: bool = True,
 ) -> SeemResult:
     """SEEM of `critic` on the probe X = (obs, act), X* = (next_obs, next_act).
 
@@ -686,13 +678,15 @@ def compute_seem(
         gamma: discount in A = gamma G(X*, X) - G(X, X).
         done: [n] terminal flags, used only with mask_terminals (row i of the gamma term
             times 1 - done_i; the paper ignores done).
-        eig: "auto" or "dense" (exact dense float64 eigvals), or "arnoldi" (opt-in, faster on
-            large probes; residual-checked shift-invert Krylov whose rightmost-ness is only
-            heuristically certified, dense fallback when unverified).
+        eig: "dense" (float64 eigvals), "mixed" (float32 spectrum to locate the rightmost
+            eigenvalue, float64 inverse iteration to refine it; dense fallback when a check
+            fails; top_k > 1 always dense) or "auto" (dense up to DENSE_MAX_N rows, else mixed).
         top_k: also return the top_k rightmost eigenvalues of A.
         scale_by_params: divide A by P (the official 1/sqrt(P) per gradient); SEEM itself
             is scale-invariant.
         gram: "auto", "layerwise" or "generic" Gram path (auto picks the fastest exact one).
+        dedupe: merge identical probe rows (obs, act, next_obs, next_act, gamma coefficient)
+            before the Gram; exact (module docstring), False only for tests.
 
     Returns:
         SeemResult with seem, max_eig, frob, timings and the methods used.
@@ -719,6 +713,9 @@ def compute_seem(
         raise ValueError("critic has no trainable parameters: SEEM is undefined")
 
     chosen = _choose_gram(critic, gram)
+    mult: np.ndarray | None = None
+    if dedupe:
+        x0, x1, s0, s1, coef, mult = _unique_rows(x0, x1, s0, s1, coef)
     with _eval_mode(critic), torch.enable_grad():
         a_t: torch.Tensor | None = None
         if chosen == "layerwise":
@@ -733,6 +730,11 @@ def compute_seem(
             a_t, _ = _generic_a(critic, (x0, x1), (s0, s1), coef)
     a = a_t.cpu().numpy()
     del a_t
+    u = a.shape[0]
+    if mult is not None:  # D^1/2 A_u D^1/2: A's nonzero spectrum and its Frobenius norm
+        root = np.sqrt(mult)
+        a *= root[:, None]
+        a *= root[None, :]
     t1 = time.perf_counter()
 
     scale = 1.0 / num_params if scale_by_params else 1.0
@@ -748,6 +750,9 @@ def compute_seem(
     else:
         a /= frob
         vals, eig_used = _eigs(a, eig, top_k)
+        if u < n:  # the N - u exact zero eigenvalues of the duplicated rows
+            zeros = np.zeros(min(max(top_k, 1), n - u), dtype=np.complex128)
+            vals = _sort_right(np.concatenate([vals, zeros]))
         seem_val = float(np.clip(vals[0].real, -1.0, 1.0))
         lam = seem_val * frob * scale
         top = tuple(complex(v) * frob * scale for v in vals[:top_k])
@@ -764,4 +769,5 @@ def compute_seem(
         method=chosen,
         eig_method=eig_used,
         top_eigs=top,
+        unique_rows=u,
     )

@@ -66,7 +66,9 @@ class DivergenceStopper(tune.Stopper):
         if predictor is None:
             self.verdicts.setdefault(trial_id, Verdict())
             return False
-        verdict = predictor.update(step, {k: v for k, v in result.items() if isinstance(v, int | float)})
+        verdict = predictor.update(
+            step, {k: v for k, v in result.items() if isinstance(v, int | float)}
+        )
         self.verdicts[trial_id] = verdict
         return verdict.diverging
 

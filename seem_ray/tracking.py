@@ -82,7 +82,11 @@ def plot_history(
     fig, axes = plt.subplots(len(keys) or 1, 1, figsize=(7, 2.2 * max(1, len(keys))), sharex=True)
     axes = list(axes) if hasattr(axes, "__len__") else [axes]
     for ax, key in zip(axes, keys, strict=False):
-        pts = [(r[M.STEP], r[key]) for r in history if key in r and M.STEP in r and math.isfinite(r[key])]
+        pts = [
+            (r[M.STEP], r[key])
+            for r in history
+            if key in r and M.STEP in r and math.isfinite(r[key])
+        ]
         if not pts:
             continue
         xs, ys = zip(*pts, strict=True)
@@ -121,13 +125,25 @@ def experiment_id(uri: str, name: str) -> str:
     if exp is not None:
         return exp.experiment_id
     # Open in the UI's "Model training" view (MLflow 3 defaults new experiments to GenAI).
-    return client.create_experiment(name, tags={"mlflow.experimentKind": "custom_model_development"})
+    return client.create_experiment(
+        name, tags={"mlflow.experimentKind": "custom_model_development"}
+    )
 
 
 def numeric_metrics(result: Mapping[str, Any]) -> dict[str, float]:
     """The finite float metrics of a record, without Tune's bookkeeping keys."""
-    skip = {"training_iteration", "timestamp", "time_this_iter_s", "time_total_s", "pid", "time_since_restore",
-            "iterations_since_restore", "timesteps_total", "episodes_total", "done"}
+    skip = {
+        "training_iteration",
+        "timestamp",
+        "time_this_iter_s",
+        "time_total_s",
+        "pid",
+        "time_since_restore",
+        "iterations_since_restore",
+        "timesteps_total",
+        "episodes_total",
+        "done",
+    }
     out = {}
     for key, value in result.items():
         if key in skip or isinstance(value, bool) or not isinstance(value, int | float):
@@ -190,14 +206,19 @@ class MlflowSweepTracker(tune.Callback):
         exp_id = experiment_id(self.tracking_uri, self.experiment)
         if self.parent_run_id is None:
             run = client.create_run(
-                exp_id, run_name=self.sweep_name, tags={"seem_ray.kind": "sweep", "seem_ray.sweep": self.sweep_name}
+                exp_id,
+                run_name=self.sweep_name,
+                tags={"seem_ray.kind": "sweep", "seem_ray.sweep": self.sweep_name},
             )
             self.parent_run_id = run.info.run_id
             client.log_dict(self.parent_run_id, self.sweep_config, "sweep.yaml")
         else:  # restored sweep: reopen the parent, close children left RUNNING by the killed driver
             client.update_run(self.parent_run_id, status="RUNNING")
             for trial_id, run_id in list(self.child_runs.items()):
-                if trial_id not in self.finished and client.get_run(run_id).info.status == "RUNNING":
+                if (
+                    trial_id not in self.finished
+                    and client.get_run(run_id).info.status == "RUNNING"
+                ):
                     client.set_terminated(run_id, status="KILLED")
                     del self.child_runs[trial_id]
                     self.histories.pop(trial_id, None)
@@ -225,14 +246,18 @@ class MlflowSweepTracker(tune.Callback):
         self.child_runs[trial.trial_id] = run.info.run_id
         self.histories[trial.trial_id] = []
         self.trial_configs[trial.trial_id] = {"run": run_cfg, "overrides": overrides}
-        params = safe_params(flatten(run_cfg)) | {f"override.{k}": str(v) for k, v in overrides.items()}
+        params = safe_params(flatten(run_cfg)) | {
+            f"override.{k}": str(v) for k, v in overrides.items()
+        }
         from mlflow.entities import Param
 
         items = [Param(k, v) for k, v in params.items()]
         for start in range(0, len(items), 90):
             client.log_batch(run.info.run_id, params=items[start : start + 90])
 
-    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+    def on_trial_result(
+        self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
+    ) -> None:
         from mlflow.entities import Metric
 
         run_id = self.child_runs.get(trial.trial_id)
@@ -273,7 +298,9 @@ class MlflowSweepTracker(tune.Callback):
         for key, value in tags.items():
             client.set_tag(run_id, key, value)
         q_bound = history[-1].get("q_bound") if history else None
-        files: dict[str, str | bytes] = {"config.yaml": yaml_text(self.trial_configs.get(trial.trial_id, {}))}
+        files: dict[str, str | bytes] = {
+            "config.yaml": yaml_text(self.trial_configs.get(trial.trial_id, {}))
+        }
         ckpt = self.checkpoints.get(trial.trial_id)
         if ckpt:
             client.set_tag(run_id, "checkpoint_path", str(ckpt))
@@ -284,7 +311,9 @@ class MlflowSweepTracker(tune.Callback):
                     Path(tmp) / "seem_q.png",
                     title=f"{self.sweep_name} {trial.trial_id} ({reason})",
                     q_bound=q_bound,
-                    stopped_at=verdict.flagged_at if verdict is not None and verdict.diverging else None,
+                    stopped_at=verdict.flagged_at
+                    if verdict is not None and verdict.diverging
+                    else None,
                 )
                 client.log_artifact(run_id, str(png))
         log_artifacts_dir(self.tracking_uri, run_id, files)
@@ -311,12 +340,13 @@ class MlflowSweepTracker(tune.Callback):
         budget = self.budget_steps * len(self.finished)
         for key, value in {
             "trials": len(self.finished),
-            "stopped_divergent": sum(r in (M.REASON_SEEM, M.REASON_GROWTH, M.REASON_Q_BOUND, M.REASON_NAN) for r in reasons),
+            "stopped_divergent": sum(
+                r in (M.REASON_SEEM, M.REASON_GROWTH, M.REASON_Q_BOUND, M.REASON_NAN)
+                for r in reasons
+            ),
             "steps_used": used,
             "steps_saved": max(0, budget - used),
         }.items():
             client.log_metric(self.parent_run_id, key, float(value))
         client.log_dict(self.parent_run_id, self.finished, "trials_summary.json")
         client.set_terminated(self.parent_run_id, status="FINISHED")
-
-

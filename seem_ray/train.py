@@ -34,12 +34,25 @@ from ray.train import ScalingConfig as RayScalingConfig
 from ray.train.torch import TorchTrainer
 
 from seem_ray import metrics as M
-from seem_ray.checkpoint import config_fingerprint, load_checkpoint, save_checkpoint
+from seem_ray.checkpoint import (
+    CheckpointError,
+    config_fingerprint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from seem_ray.config import RunConfig, parse_run_config, to_dict
 from seem_ray.loop import Report, TrainingRun, prepare_data
 from seem_ray.runtime import datasets_dir, seed_everything, set_threads
 
-__all__ = ["Q_BOUND_KEY", "TrainFailure", "fit", "make_trainer", "ray_env_vars", "train_loop_per_worker", "wrap_ddp"]
+__all__ = [
+    "Q_BOUND_KEY",
+    "TrainFailure",
+    "fit",
+    "make_trainer",
+    "ray_env_vars",
+    "train_loop_per_worker",
+    "wrap_ddp",
+]
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +69,9 @@ def ray_env_vars() -> dict[str, str]:
     return {
         "MINARI_DATASETS_PATH": str(datasets_dir()),
         # Train V2's report barrier polls worker health; the 2 s default stalls short reports.
-        "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2"),
+        "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": os.environ.get(
+            "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2"
+        ),
         "SEEM_RAY_RUNS": os.environ.get("SEEM_RAY_RUNS", ""),
     }
 
@@ -72,11 +87,29 @@ def wrap_ddp(algo: Any, device: torch.device) -> None:
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     ids = [device.index] if device.type == "cuda" else None
-    wrapped = {
-        name: DDP(module, device_ids=ids)
-        for name, module in algo.modules_for_ddp().items()
-    }
+    wrapped = {name: DDP(module, device_ids=ids) for name, module in algo.modules_for_ddp().items()}
     algo.wrap_modules(wrapped)
+
+
+def _load_with_fallback(checkpoint: Checkpoint, fingerprint: str) -> dict[str, Any]:
+    """Ray's latest checkpoint, or, if it is corrupt on a local filesystem, the newest good sibling."""
+    try:
+        with checkpoint.as_directory() as folder:
+            return load_checkpoint(folder, fingerprint)
+    except CheckpointError as err:
+        parent = Path(checkpoint.path).parent
+        if "different configuration" in str(err) or not parent.is_dir():
+            raise
+        for older in sorted(parent.glob("checkpoint_*"), reverse=True):
+            if older.resolve() == Path(checkpoint.path).resolve():
+                continue
+            try:
+                state = load_checkpoint(older, fingerprint)
+            except CheckpointError:
+                continue
+            log.warning("%s; resuming from the older checkpoint %s instead", err, older)
+            return state
+        raise
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -92,8 +125,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     fingerprint = config_fingerprint(run.fingerprint_parts())
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            run.load_state_dict(load_checkpoint(folder, fingerprint))
+        run.load_state_dict(_load_with_fallback(checkpoint, fingerprint))
         log.info("rank %d resumed from step %d", rank, run.step)
     if world > 1:
         wrap_ddp(run.algo, device)
@@ -130,7 +162,9 @@ def make_trainer(
         train_loop_per_worker,
         train_loop_config={"run": to_dict(cfg)},
         scaling_config=RayScalingConfig(
-            num_workers=sc.num_workers, use_gpu=sc.use_gpu, resources_per_worker=resources | ({"GPU": 1} if sc.use_gpu else {})
+            num_workers=sc.num_workers,
+            use_gpu=sc.use_gpu,
+            resources_per_worker=resources | ({"GPU": 1} if sc.use_gpu else {}),
         ),
         run_config=RayRunConfig(
             name=name,
@@ -167,7 +201,9 @@ def fit(cfg: RunConfig, *, name: str, storage_path: str | Path) -> dict[str, flo
         result = trainer.fit()
     except ray.train.TrainingFailedError as err:
         log.debug("training failed", exc_info=err)
-        raise TrainFailure(f"training failed: {_root_cause(err)} (full traceback in the Ray logs)") from None
+        raise TrainFailure(
+            f"training failed: {_root_cause(err)} (full traceback in the Ray logs)"
+        ) from None
     return dict(result.metrics or {})
 
 

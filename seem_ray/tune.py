@@ -81,7 +81,9 @@ def run_trial(config: dict[str, Any]) -> None:
     ensure_dataset(cfg.data.dataset)
     ctx = tune.get_context()
     storage = Path(config["train_storage"]) / ctx.get_trial_id()
-    trainer = make_trainer(cfg, name="train", storage_path=storage, callbacks=[TuneReportCallback()])
+    trainer = make_trainer(
+        cfg, name="train", storage_path=storage, callbacks=[TuneReportCallback()]
+    )
     trainer.fit()
 
 
@@ -135,7 +137,9 @@ class SweepSummary:
             f"steps used {self.steps_used}/{self.steps_budget} (saved {saved:.0f}%)"
         )
         if self.best:
-            lines.append(f"best (by normalized score, non-diverged): {self.best['trial_id']} {self.best['overrides']}")
+            lines.append(
+                f"best (by normalized score, non-diverged): {self.best['trial_id']} {self.best['overrides']}"
+            )
         return "\n".join(lines)
 
 
@@ -149,7 +153,11 @@ def _summarize(sweep: SweepConfig, results: Any, stopper: Any, path: Path) -> Sw
         records = history.to_dict("records") if history is not None else []
         trial_id = str((res.metrics or {}).get("trial_id", trial_id))
         steps = int(max((r.get(M.STEP, 0) or 0) for r in records)) if records else 0
-        seems = [r[M.SEEM] for r in records if isinstance(r.get(M.SEEM), float) and math.isfinite(r[M.SEEM])]
+        seems = [
+            r[M.SEEM]
+            for r in records
+            if isinstance(r.get(M.SEEM), float) and math.isfinite(r[M.SEEM])
+        ]
         last = records[-1] if records else {}
         reason = "error" if res.error else stopper.stop_reason(trial_id, cfg.train.steps)
         score = last.get(M.NORMALIZED_SCORE)
@@ -162,7 +170,9 @@ def _summarize(sweep: SweepConfig, results: Any, stopper: Any, path: Path) -> Sw
                 "stop_reason": reason,
                 "max_seem": max(seems) if seems else float("nan"),
                 "q_end": float(last.get(M.Q_MEAN, float("nan"))),
-                "score": float(score) if isinstance(score, float) and math.isfinite(score) else None,
+                "score": float(score)
+                if isinstance(score, float) and math.isfinite(score)
+                else None,
                 "diverged_since": getattr(stopper.verdicts.get(trial_id), "since", None),
             }
         )
@@ -189,10 +199,16 @@ def init_ray(address: str | None) -> None:
     if ray.is_initialized():
         return
     if address is None:
-        address = "auto" if os.environ.get("RAY_ADDRESS") or Path("/tmp/ray/ray_current_cluster").exists() else "local"
+        address = (
+            "auto"
+            if os.environ.get("RAY_ADDRESS") or Path("/tmp/ray/ray_current_cluster").exists()
+            else "local"
+        )
     runtime_env = {"env_vars": {k: v for k, v in env.items() if v}}
     if address == "local":
-        ray.init(address="local", include_dashboard=False, runtime_env=runtime_env, log_to_driver=False)
+        ray.init(
+            address="local", include_dashboard=False, runtime_env=runtime_env, log_to_driver=False
+        )
     else:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
 
@@ -231,13 +247,18 @@ def run_sweep(
     started = time.time()
     if resume:
         if not tune.Tuner.can_restore(str(exp_path)):
-            raise ConfigError("", f"nothing to resume at {exp_path}; run the sweep without --resume first")
-        tuner = tune.Tuner.restore(str(exp_path), trainable=trainable, resume_unfinished=True, resume_errored=True)
+            raise ConfigError(
+                "", f"nothing to resume at {exp_path}; run the sweep without --resume first"
+            )
+        tuner = tune.Tuner.restore(
+            str(exp_path), trainable=trainable, resume_unfinished=True, resume_errored=True
+        )
         stopper = tuner._local_tuner._run_config.stop  # the pickled stopper with its verdicts
     else:
         if exp_path.exists() and any(exp_path.iterdir()):
             raise ConfigError(
-                "name", f"a sweep named {sweep.name!r} already exists at {exp_path}; pass --resume or choose another name"
+                "name",
+                f"a sweep named {sweep.name!r} already exists at {exp_path}; pass --resume or choose another name",
             )
         stopper = DivergenceStopper(sweep.base.stopper)
         tracker = MlflowSweepTracker(
@@ -255,12 +276,21 @@ def run_sweep(
         if searcher is None:
             param_space["overrides"] = {k: _domain(v) for k, v in sweep.space.items()}
         reporter = tune.CLIReporter(
-            metric_columns={M.STEP: "step", M.SEEM: "SEEM", M.Q_MEAN: "Q mean", M.NORMALIZED_SCORE: "score"},
+            metric_columns={
+                M.STEP: "step",
+                M.SEEM: "SEEM",
+                M.Q_MEAN: "Q mean",
+                M.NORMALIZED_SCORE: "score",
+            },
             max_report_frequency=15,
         )
         scheduler = None
         if sweep.scheduler == "asha":
-            scheduler = tune.schedulers.ASHAScheduler(time_attr=M.STEP, max_t=sweep.base.train.steps, grace_period=max(1, sweep.base.train.steps // 4))
+            scheduler = tune.schedulers.ASHAScheduler(
+                time_attr=M.STEP,
+                max_t=sweep.base.train.steps,
+                grace_period=max(1, sweep.base.train.steps // 4),
+            )
         tuner = tune.Tuner(
             trainable,
             param_space=param_space,
@@ -297,15 +327,30 @@ def run_sweep(
 
 
 def build_arg_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tune.py", description="Run a seem_ray sweep (Ray Tune + SEEM stopper + MLflow).")
-    p.add_argument("--config", help="sweep YAML (tune_configs/*.yaml); default: the embedded demo sweep")
-    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a sweep field, e.g. base.train.steps=2000 (repeatable)")
+    p = argparse.ArgumentParser(
+        prog="tune.py", description="Run a seem_ray sweep (Ray Tune + SEEM stopper + MLflow)."
+    )
+    p.add_argument(
+        "--config", help="sweep YAML (tune_configs/*.yaml); default: the embedded demo sweep"
+    )
+    p.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a sweep field, e.g. base.train.steps=2000 (repeatable)",
+    )
     p.add_argument("--name", help="sweep name (default: from the config)")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted sweep of the same name")
-    p.add_argument("--address", default=None,
-                   help="Ray address: 'auto' (running cluster), 'local' (start one here), or host:port; "
-                        "default: auto when a cluster is running, else local")
+    p.add_argument(
+        "--resume", action="store_true", help="continue an interrupted sweep of the same name"
+    )
+    p.add_argument(
+        "--address",
+        default=None,
+        help="Ray address: 'auto' (running cluster), 'local' (start one here), or host:port; "
+        "default: auto when a cluster is running, else local",
+    )
     p.add_argument("--storage", help="Tune storage folder (default: <runs>/sweeps)")
     p.add_argument("--quiet", action="store_true", help="no live Tune table")
     return p
@@ -328,7 +373,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         sweep = load_sweep(args)
         init_ray(args.address)
-        summary = run_sweep(sweep, resume=args.resume, storage=Path(args.storage) if args.storage else None, quiet=args.quiet)
+        summary = run_sweep(
+            sweep,
+            resume=args.resume,
+            storage=Path(args.storage) if args.storage else None,
+            quiet=args.quiet,
+        )
     except (ConfigError, ValueError, FileExistsError) as err:
         print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
         return 2

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from seem_ray.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from seem_ray.checkpoint import CheckpointError, load_checkpoint, load_latest_good, save_checkpoint
 
 
 def test_round_trip(tmp_path: Path) -> None:
@@ -16,6 +16,18 @@ def test_round_trip(tmp_path: Path) -> None:
     got = load_checkpoint(tmp_path, "abc")
     assert torch.equal(got["w"], state["w"]) and got["step"] == 7 and got["nested"] == {"x": [1, 2]}
     assert [p.name for p in tmp_path.iterdir()] == ["state.pt"]  # no temp files left
+    save_checkpoint(tmp_path, {"step": 8}, "abc")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.prev.pt", "state.pt"]
+
+
+def test_corrupt_latest_falls_back_to_previous(tmp_path: Path) -> None:
+    save_checkpoint(tmp_path, {"step": 1, "w": torch.randn(100)}, "abc")
+    path = save_checkpoint(tmp_path, {"step": 2, "w": torch.randn(100)}, "abc")
+    path.write_bytes(path.read_bytes()[:100])
+    assert load_latest_good(tmp_path, "abc")["step"] == 1
+    (tmp_path / "state.prev.pt").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_latest_good(tmp_path, "abc")
 
 
 def test_truncated_file_is_a_clear_error(tmp_path: Path) -> None:
@@ -43,7 +55,7 @@ def test_failed_write_keeps_the_previous_checkpoint(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="disk full"):
         save_checkpoint(tmp_path, {"step": 2, "bad": Boom()}, "abc")
     assert load_checkpoint(tmp_path, "abc")["step"] == 1
-    assert [p.name for p in tmp_path.iterdir()] == ["state.pt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["state.pt"]  # no temp file, no rotation
 
 
 def test_pickled_code_is_refused(tmp_path: Path) -> None:

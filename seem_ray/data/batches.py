@@ -37,7 +37,9 @@ class Transitions:
     def __post_init__(self) -> None:
         n = len(self.rewards)
         if n == 0:
-            raise DataError("dataset is empty: it has 0 transitions; regenerate it or pick another id")
+            raise DataError(
+                "dataset is empty: it has 0 transitions; regenerate it or pick another id"
+            )
         shapes = {
             "observations": (self.observations, 2),
             "actions": (self.actions, 2),
@@ -53,7 +55,9 @@ class Transitions:
                 )
             if not np.all(np.isfinite(arr)):
                 bad = int(np.argwhere(~np.isfinite(arr).reshape(n, -1).all(axis=1))[0][0])
-                raise DataError(f"{name} contains NaN/inf (first at transition {bad}): clean or regenerate the dataset")
+                raise DataError(
+                    f"{name} contains NaN/inf (first at transition {bad}): clean or regenerate the dataset"
+                )
         if self.next_observations.shape[1] != self.observations.shape[1]:
             raise DataError(
                 f"next_observations dim {self.next_observations.shape[1]} != observations dim {self.observations.shape[1]}"
@@ -101,7 +105,11 @@ class Batch:
             return torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float32, device=device)
 
         return Batch(
-            obs=to(t.observations), act=to(t.actions), rew=to(t.rewards), next_obs=to(t.next_observations), done=to(t.terminals)
+            obs=to(t.observations),
+            act=to(t.actions),
+            rew=to(t.rewards),
+            next_obs=to(t.next_observations),
+            done=to(t.terminals),
         )
 
 
@@ -129,7 +137,9 @@ class ReplaySampler:
             rank, world = shard
             index = np.arange(rank, len(data), world)
             if len(index) == 0:
-                raise DataError(f"shard {rank}/{world} is empty: the dataset has only {len(data)} transitions")
+                raise DataError(
+                    f"shard {rank}/{world} is empty: the dataset has only {len(data)} transitions"
+                )
             data = data.select(index)
         self.data = Batch.from_transitions(data, device)
         self.batch_size = batch_size
@@ -141,9 +151,17 @@ class ReplaySampler:
         return len(self.data)
 
     def sample(self) -> Batch:
-        idx = torch.randint(0, len(self.data), (self.batch_size,), generator=self.generator, device=self.device)
+        idx = torch.randint(
+            0, len(self.data), (self.batch_size,), generator=self.generator, device=self.device
+        )
         d = self.data
-        return Batch(obs=d.obs[idx], act=d.act[idx], rew=d.rew[idx], next_obs=d.next_obs[idx], done=d.done[idx])
+        return Batch(
+            obs=d.obs[idx],
+            act=d.act[idx],
+            rew=d.rew[idx],
+            next_obs=d.next_obs[idx],
+            done=d.done[idx],
+        )
 
     def get_state(self) -> torch.Tensor:
         return self.generator.get_state()

@@ -25,7 +25,10 @@ def sweep_env(shared_datasets: Path, tmp_path_factory: pytest.TempPathFactory):
     import ray
 
     runs = tmp_path_factory.mktemp("runs")
-    saved = {k: os.environ.get(k) for k in ("MINARI_DATASETS_PATH", "SEEM_RAY_RUNS", "MLFLOW_TRACKING_URI")}
+    saved = {
+        k: os.environ.get(k)
+        for k in ("MINARI_DATASETS_PATH", "SEEM_RAY_RUNS", "MLFLOW_TRACKING_URI")
+    }
     os.environ["MINARI_DATASETS_PATH"] = str(shared_datasets)
     os.environ["SEEM_RAY_RUNS"] = str(runs)
     os.environ.pop("MLFLOW_TRACKING_URI", None)
@@ -66,7 +69,12 @@ def test_sweep_summary_and_stopper(smoke_result) -> None:
     by_lr = {r["overrides"]["algo.critic_lr"]: r for r in summary.rows}
     assert by_lr[3e-4]["stop_reason"] == M.REASON_BUDGET and by_lr[3e-4]["steps"] == 300
     exploded = by_lr[50.0]
-    assert exploded["stop_reason"] in (M.REASON_Q_BOUND, M.REASON_NAN, M.REASON_SEEM, M.REASON_GROWTH)
+    assert exploded["stop_reason"] in (
+        M.REASON_Q_BOUND,
+        M.REASON_NAN,
+        M.REASON_SEEM,
+        M.REASON_GROWTH,
+    )
     assert exploded["steps"] < 300
     assert summary.steps_saved > 0
     assert (Path(summary.path) / "summary.json").is_file()
@@ -94,7 +102,9 @@ def test_mlflow_parent_and_child_runs(smoke_result) -> None:
         assert len(history) >= 1 and all(m.step > 0 for m in history)
         if child.data.tags[M.STOP_REASON] == M.REASON_BUDGET:
             assert len(client.get_metric_history(child.info.run_id, M.Q_MEAN)) == 300 // 50
-            assert child.data.tags.get("checkpoint_path")  # the final checkpoint of a finished trial
+            assert child.data.tags.get(
+                "checkpoint_path"
+            )  # the final checkpoint of a finished trial
         names = {a.path for a in client.list_artifacts(child.info.run_id)}
         assert {"seem_q.png", "config.yaml"} <= names
     assert M.REASON_BUDGET in reasons and len(reasons) == 2
@@ -104,7 +114,10 @@ def test_cli_bad_sweep_config_exits_2(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\nspace: {critic.nrom: {grid: [none]}}\n")
     out = subprocess.run(
-        [sys.executable, "-m", "seem_ray.cli", "sweep", str(bad)], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "seem_ray.cli", "sweep", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert out.returncode == 2
     err = [line for line in out.stderr.splitlines() if line.startswith("error:")]
@@ -117,7 +130,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.skipif(shutil.which("chromedriver") is None, reason="chromium-driver not installed (make system-deps)")
+@pytest.mark.skipif(
+    shutil.which("chromedriver") is None, reason="chromium-driver not installed (make system-deps)"
+)
 def test_mlflow_ui_shows_sweep_runs_and_plot(smoke_result, tmp_path: Path) -> None:
     from selenium import webdriver
     from selenium.webdriver.common.by import By
@@ -142,25 +157,48 @@ def test_mlflow_ui_shows_sweep_runs_and_plot(smoke_result, tmp_path: Path) -> No
             except OSError:
                 time.sleep(0.5)
         opts = webdriver.ChromeOptions()
-        for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-                     "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
-                     f"--user-data-dir={tmp_path / 'chrome'}"):
+        for flag in (
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-dev-shm-usage",
+            f"--user-data-dir={tmp_path / 'chrome'}",
+        ):
             opts.add_argument(flag)
         opts.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
-        driver = webdriver.Chrome(service=webdriver.ChromeService(executable_path=shutil.which("chromedriver")), options=opts)
+        driver = webdriver.Chrome(
+            service=webdriver.ChromeService(executable_path=shutil.which("chromedriver")),
+            options=opts,
+        )
         try:
             from mlflow.tracking import MlflowClient
 
             client = MlflowClient(f"sqlite:///{runs / 'mlflow.db'}")
             exp = client.get_experiment_by_name("seem_ray_smoke")
-            child = next(r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("seem_ray.kind") == "trial")
+            child = next(
+                r
+                for r in client.search_runs([exp.experiment_id])
+                if r.data.tags.get("seem_ray.kind") == "trial"
+            )
             body = lambda d: d.find_element(By.TAG_NAME, "body").text  # noqa: E731
             driver.get(f"http://127.0.0.1:{port}/#/experiments/{exp.experiment_id}/runs")
-            WebDriverWait(driver, 180).until(lambda d: "3 matching runs" in body(d) and "smoke" in body(d))
-            driver.get(f"http://127.0.0.1:{port}/#/experiments/{exp.experiment_id}/runs/{child.info.run_id}/artifacts")
-            WebDriverWait(driver, 180).until(lambda d: "seem_q.png" in body(d) and "config.yaml" in body(d))
+            WebDriverWait(driver, 180).until(
+                lambda d: "3 matching runs" in body(d) and "smoke" in body(d)
+            )
+            driver.get(
+                f"http://127.0.0.1:{port}/#/experiments/{exp.experiment_id}/runs/{child.info.run_id}/artifacts"
+            )
+            WebDriverWait(driver, 180).until(
+                lambda d: "seem_q.png" in body(d) and "config.yaml" in body(d)
+            )
             # The plot itself, as the UI serves it to the artifact viewer.
-            driver.get(f"http://127.0.0.1:{port}/get-artifact?path=seem_q.png&run_uuid={child.info.run_id}")
+            driver.get(
+                f"http://127.0.0.1:{port}/get-artifact?path=seem_q.png&run_uuid={child.info.run_id}"
+            )
             WebDriverWait(driver, 30).until(
                 lambda d: any(
                     d.execute_script("return arguments[0].naturalWidth", img) > 100
