@@ -349,6 +349,11 @@ class StopperConfig:
     """Q beyond factor * r_max/(1-gamma) counts as diverged."""
     growth_horizon: float = 4.0
     """Growth predictor: flag when Q is projected to cross the bound within horizon x elapsed steps."""
+    confirm_order: float = 1.5
+    """A SEEM streak counts only while |Q| grows at least like t^confirm_order (healthy learning
+    from a near-zero start is about linear, then saturates)."""
+    growth_order: float = 2.0
+    """Growth predictor alone: |Q| growth order needed (sustained over `patience` records)."""
 
     def __post_init__(self) -> None:
         _choice("kind", self.kind, STOPPERS)
@@ -357,6 +362,9 @@ class StopperConfig:
         _require(self.grace_steps >= 0, "grace_steps", self.grace_steps, ">= 0")
         _positive("q_bound_factor", self.q_bound_factor)
         _positive("growth_horizon", self.growth_horizon)
+        _require(self.growth_horizon > 1, "growth_horizon", self.growth_horizon, "> 1")
+        _positive("confirm_order", self.confirm_order)
+        _positive("growth_order", self.growth_order)
 
 
 @dataclass(frozen=True)

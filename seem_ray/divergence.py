@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from seem_ray import metrics as M
+from seem_ray.config import StopperConfig
 
 __all__ = [
     "CompositePredictor",
@@ -242,7 +243,9 @@ class CompositePredictor(_Latching):
         growth_horizon: see :class:`GrowthPredictor`.
         grace_steps: no verdict from SEEM/growth before this step (NaN/Q-bound always count).
         confirm_order: growth order of |Q| (over the last doubling of steps) that confirms a
-            SEEM streak; healthy critics settling on their values stay below 1.
+            SEEM streak; healthy critics learning from a near-zero start grow about linearly
+            and then settle.
+        growth_order: growth order the growth predictor alone needs (sustained).
     """
 
     def __init__(
@@ -254,14 +257,18 @@ class CompositePredictor(_Latching):
         q_bound_factor: float = 1.0,
         growth_horizon: float = 4.0,
         grace_steps: int = 0,
-        confirm_order: float = 1.0,
+        confirm_order: float = 1.5,
+        growth_order: float = 2.0,
         use_growth: bool = True,
     ) -> None:
         super().__init__()
         self.bound = QBoundPredictor(q_bound, q_bound_factor)
         self.seem = SeemPredictor(seem_threshold, patience)
         self.growth = GrowthPredictor(
-            q_bound * q_bound_factor, sustain=patience, horizon=growth_horizon
+            q_bound * q_bound_factor,
+            min_order=growth_order,
+            sustain=patience,
+            horizon=growth_horizon,
         )
         self.grace_steps = grace_steps
         self.confirm_order = confirm_order
@@ -287,22 +294,24 @@ class CompositePredictor(_Latching):
 
 def default_predictor(q_bound: float) -> CompositePredictor:
     """A fresh calibrated predictor for one trial (defaults from docs/calibration.md)."""
-    return CompositePredictor(q_bound)
+    predictor = build_predictor(StopperConfig(), q_bound)
+    assert isinstance(predictor, CompositePredictor)
+    return predictor
 
 
-def build_predictor(kind: str, q_bound: float, **kwargs: float) -> Predictor | None:
-    """Predictor by stopper kind: 'seem' (composite), 'q_bound' (baseline) or 'none' (None)."""
-    if kind == "none":
+def build_predictor(settings: StopperConfig, q_bound: float) -> Predictor | None:
+    """The predictor a run's ``stopper`` settings ask for: 'seem' (composite), 'q_bound' or None."""
+    if settings.kind == "none":
         return None
-    if kind == "q_bound":
-        return QBoundPredictor(q_bound, float(kwargs.get("q_bound_factor", 1.0)))
-    if kind == "seem":
-        return CompositePredictor(
-            q_bound,
-            seem_threshold=float(kwargs.get("seem_threshold", 0.05)),
-            patience=int(kwargs.get("patience", 3)),
-            q_bound_factor=float(kwargs.get("q_bound_factor", 1.0)),
-            growth_horizon=float(kwargs.get("growth_horizon", 4.0)),
-            grace_steps=int(kwargs.get("grace_steps", 0)),
-        )
-    raise ValueError(f"unknown predictor kind {kind!r}; expected seem, q_bound or none")
+    if settings.kind == "q_bound":
+        return QBoundPredictor(q_bound, settings.q_bound_factor)
+    return CompositePredictor(
+        q_bound,
+        seem_threshold=settings.seem_threshold,
+        patience=settings.patience,
+        q_bound_factor=settings.q_bound_factor,
+        growth_horizon=settings.growth_horizon,
+        grace_steps=settings.grace_steps,
+        confirm_order=settings.confirm_order,
+        growth_order=settings.growth_order,
+    )

@@ -30,11 +30,11 @@ from seem_ray.checkpoint import (
     save_checkpoint,
 )
 from seem_ray.config import RunConfig, to_dict
-from seem_ray.divergence import Predictor, Verdict, build_predictor
+from seem_ray.divergence import Verdict, build_predictor
 from seem_ray.loop import Report, TrainingRun, prepare_data
 from seem_ray.runtime import atomic_write_text, pick_device, seed_everything, set_threads
 
-__all__ = ["RunSummary", "format_progress", "make_predictor", "run_local"]
+__all__ = ["RunSummary", "format_progress", "run_local"]
 
 log = logging.getLogger(__name__)
 
@@ -56,20 +56,6 @@ class RunSummary:
     @property
     def seem_share(self) -> float:
         return self.seem_seconds / self.wall_seconds if self.wall_seconds > 0 else 0.0
-
-
-def make_predictor(cfg: RunConfig, q_bound: float) -> Predictor | None:
-    """The run's predictor from `stopper` settings (None for kind 'none')."""
-    s = cfg.stopper
-    return build_predictor(
-        s.kind,
-        q_bound,
-        seem_threshold=s.seem_threshold,
-        patience=s.patience,
-        q_bound_factor=s.q_bound_factor,
-        growth_horizon=s.growth_horizon,
-        grace_steps=s.grace_steps,
-    )
 
 
 def format_progress(step: int, total: int, m: dict[str, float]) -> str:
@@ -140,7 +126,7 @@ def run_local(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False) -> R
     # Rewrite the metrics file up to the checkpoint: steps after it will be trained again.
     atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in history))
 
-    predictor = make_predictor(cfg, data.q_bound)
+    predictor = build_predictor(cfg.stopper, data.q_bound)
     verdict = Verdict()
     for rec in history:  # predictor state is a pure function of the history: replay it
         if predictor is not None:

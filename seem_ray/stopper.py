@@ -45,15 +45,8 @@ class DivergenceStopper(tune.Stopper):
     def _predictor(self, trial_id: str, result: Mapping[str, Any]) -> Predictor | None:
         if trial_id not in self._predictors:
             bound = float(result.get(Q_BOUND_KEY, float("inf")))
-            s = self.settings
             self._predictors[trial_id] = build_predictor(
-                s.kind,
-                bound if bound > 0 else float("inf"),
-                seem_threshold=s.seem_threshold,
-                patience=s.patience,
-                q_bound_factor=s.q_bound_factor,
-                growth_horizon=s.growth_horizon,
-                grace_steps=s.grace_steps,
+                self.settings, bound if bound > 0 else float("inf")
             )
         return self._predictors[trial_id]
 

@@ -8,6 +8,7 @@ import pickle
 import pytest
 
 from seem_ray import metrics as M
+from seem_ray.config import ConfigError, StopperConfig, parse_run_config
 from seem_ray.divergence import (
     CompositePredictor,
     GrowthPredictor,
@@ -114,9 +115,10 @@ def test_constructor_checks_name_the_argument() -> None:
         SeemPredictor(patience=0)
     with pytest.raises(ValueError, match="q_bound"):
         QBoundPredictor(0.0)
-    with pytest.raises(ValueError, match="kind"):
-        build_predictor("bogus", 1.0)
-    assert build_predictor("none", 1.0) is None
+    with pytest.raises(ConfigError, match="stopper.kind"):
+        parse_run_config({"stopper": {"kind": "bogus"}})
+    assert build_predictor(StopperConfig(kind="none"), 1.0) is None
+    assert isinstance(build_predictor(StopperConfig(kind="q_bound"), 1.0), QBoundPredictor)
 
 
 def test_predictors_pickle_with_their_state() -> None:
