@@ -31,9 +31,12 @@ test-faults: bootstrap
 lint: bootstrap
 	@.venv/bin/ruff check . && .venv/bin/ruff format --check .
 
+## Benchmarks print JSON (last stdout line); figures are ratios against a baseline of the same run.
 bench: bootstrap
 	@$(PY) benchmarks/bench_seem.py --json
-	@$(PY) benchmarks/bench_train.py --algo td3bc --steps 500 --json
+	@for a in td3bc iql cql; do $(PY) benchmarks/bench_train.py --algo $$a --steps 500 --json; done
+	@$(PY) benchmarks/bench_ray_overhead.py --json
+	@$(PY) benchmarks/bench_stopper.py --json
 
 calibrate: bootstrap
 	@$(PY) benchmarks/calibrate.py

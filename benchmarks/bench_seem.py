@@ -4,9 +4,11 @@ Contract: `bench_seem.py --n N --json` prints, as its last stdout line, JSON wit
 `seconds` and `seem` for a 256-256 critic (obs 17 + act 6) on seeded random data.
 
 `--compare` (the default when --n is not given) times, for critics with and without LayerNorm,
-the fast path (layer-wise Gram + auto eigen-solver) against the official-style naive loop (one
-backward per sample, stacked float64 gradients, Gram by matmul, numpy dense eigvals) at
-n = 256, 1024, 2560, and reports phases, speedups and |SEEM_fast - SEEM_naive|. The critics are
+each eigen-method given by `--eig` (default "dense,mixed"; layer-wise Gram for all) against the
+official-style naive loop (one backward per sample, stacked float64 gradients, Gram by matmul,
+numpy dense eigvals) in the same run at n = 256, 1024, 2560, and reports phases (gram/eig
+seconds), speedups, |SEEM_fast - SEEM_naive| and the load average (a markdown table on stderr).
+`--threads` caps BLAS and torch threads for the whole run (the library never sets them). The critics are
 first trained for a few hundred Adam TD steps on random data (seeded) so the spectrum is not the
 one at init; random next actions stand in for pi(s'). Progress goes to stderr.
 """
@@ -14,8 +16,10 @@ one at init; random next actions stand in for pi(s'). Progress goes to stderr.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import os
 import sys
 import time
 
@@ -23,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from seem_ray.seem import compute_seem
+from seem_ray.seem import EIG_METHODS, compute_seem
 
 OBS, ACT, HIDDEN = 17, 6, 256
 log = logging.getLogger("bench_seem")
@@ -122,50 +126,76 @@ def fast(critic: nn.Module, x: tuple[torch.Tensor, ...], gamma: float, eig: str)
     }
 
 
-def compare(sizes: list[int], steps: int, gamma: float, seed: int) -> dict:
+def _methods(spec: str) -> list[str]:
+    methods = [m for m in spec.split(",") if m]
+    bad = [m for m in methods if m not in EIG_METHODS]
+    if not methods or bad:
+        raise ValueError(f"--eig must list methods from {EIG_METHODS}; got {spec!r}")
+    return methods
+
+
+def compare(sizes: list[int], steps: int, gamma: float, seed: int, methods: list[str]) -> dict:
+    """Every eigen-method and the naive loop on the same critic and probe, per (LN, n)."""
     rows = []
     for layer_norm in (False, True):
         critic = make_critic(layer_norm, seed, steps)
         for n in sizes:
             x = probe(n, seed + 10 + n)
-            log.info("LN=%s n=%d: fast (auto, dense) ...", layer_norm, n)
-            auto = fast(critic, x, gamma, "auto")
-            dense = fast(critic, x, gamma, "dense")
+            runs = {}
+            for method in methods:
+                log.info("LN=%s n=%d: fast (eig=%s) ...", layer_norm, n, method)
+                runs[method] = fast(critic, x, gamma, method)
             log.info("LN=%s n=%d: naive loop ...", layer_norm, n)
             ref = naive_seem(critic, x, gamma)
-            row = {
-                "layer_norm": layer_norm,
-                "n": n,
-                **{f"fast_{k}": v for k, v in auto.items()},
-                "dense_seconds": dense["seconds"],
-                "dense_eig_seconds": dense["eig_seconds"],
-                **ref,
-                "speedup": ref["naive_seconds"] / auto["seconds"],
-                "speedup_dense": ref["naive_seconds"] / dense["seconds"],
-                "seem_abs_diff": abs(auto["seem"] - ref["seem"]),
-                "seem_abs_diff_dense": abs(dense["seem"] - ref["seem"]),
-            }
+            row: dict = {"layer_norm": layer_norm, "n": n, "load_avg": os.getloadavg()[0], **ref}
+            for method, run in runs.items():
+                row[method] = {
+                    **run,
+                    "speedup": ref["naive_seconds"] / run["seconds"],
+                    "seem_abs_diff": abs(run["seem"] - ref["seem"]),
+                }
+                log.info(
+                    "LN=%s n=%5d %-6s seem=%+.6e |diff|=%.1e %.2fs (gram %.2f, eig %.2f %s) "
+                    "naive=%.2fs speedup=%.1fx",
+                    layer_norm,
+                    n,
+                    method,
+                    run["seem"],
+                    row[method]["seem_abs_diff"],
+                    run["seconds"],
+                    run["gram_seconds"],
+                    run["eig_seconds"],
+                    run["eig_method"],
+                    ref["naive_seconds"],
+                    row[method]["speedup"],
+                )
             rows.append(row)
-            log.info(
-                "LN=%s n=%5d seem=%+.6e |diff|=%.1e fast=%.2fs (gram %.2f, eig %.2f %s) "
-                "dense=%.2fs naive=%.2fs (grad %.2f, gram %.2f, eig %.2f) speedup=%.1fx",
-                layer_norm,
-                n,
-                auto["seem"],
-                row["seem_abs_diff"],
-                auto["seconds"],
-                auto["gram_seconds"],
-                auto["eig_seconds"],
-                auto["eig_method"],
-                dense["seconds"],
-                ref["naive_seconds"],
-                ref["naive_grad_seconds"],
-                ref["naive_gram_seconds"],
-                ref["naive_eig_seconds"],
-                row["speedup"],
+    log.info("%s", table(rows, methods))
+    last = rows[-1][methods[0]]
+    return {"seconds": last["seconds"], "seem": last["seem"], "rows": rows}
+
+
+def table(rows: list[dict], methods: list[str]) -> str:
+    """Markdown table: one line per (LN, n, method), naive phases alongside."""
+    head = (
+        "| LN | n | eig | used | seconds | gram s | eig s | naive s (grad/gram/eig) | speedup "
+        "| abs dSEEM | load |"
+    )
+    lines = [head, "|" + "---|" * 11]
+    for r in rows:
+        naive = (
+            f"{r['naive_seconds']:.2f} ({r['naive_grad_seconds']:.2f}/"
+            f"{r['naive_gram_seconds']:.2f}/{r['naive_eig_seconds']:.2f})"
+        )
+        for m in methods:
+            f = r[m]
+            lines.append(
+                f"| {'yes' if r['layer_norm'] else 'no'} | {r['n']} | {m} | {f['eig_method']} "
+                f"| {f['seconds']:.2f} | {f['gram_seconds']:.2f} | {f['eig_seconds']:.2f} "
+                f"| {naive} | {f['speedup']:.1f}x | {f['seem_abs_diff']:.1e} "
+                f"| {r['load_avg']:.1f} |"
             )
-    last = rows[-1]
-    return {"seconds": last["fast_seconds"], "seem": last["fast_seem"], "rows": rows}
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -175,7 +205,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compare", action="store_true", help="fast vs naive (default w/o --n)")
     parser.add_argument("--sizes", type=str, default="256,1024,2560")
     parser.add_argument("--layer-norm", action="store_true", help="LN critic for --n")
-    parser.add_argument("--eig", choices=("auto", "dense", "arnoldi"), default="auto")
+    parser.add_argument(
+        "--eig",
+        default=None,
+        help=f"eigen-method from {EIG_METHODS}; compare mode takes a comma-separated list "
+        "(default dense,mixed), --n mode one (default auto)",
+    )
+    parser.add_argument("--threads", type=int, default=None, help="BLAS/torch threads")
     parser.add_argument("--train-steps", type=int, default=300)
     parser.add_argument("--gamma", type=float, default=0.99)
     parser.add_argument("--seed", type=int, default=0)
@@ -189,14 +225,42 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:
         print(f"--sizes must be comma-separated integers; got {args.sizes!r}", file=sys.stderr)
         return 2
-    if args.compare or args.n is None:
-        out = compare(
-            sizes if args.n is None else [args.n], args.train_steps, args.gamma, args.seed
-        )
-    else:
-        critic = make_critic(args.layer_norm, args.seed, args.train_steps)
-        x = probe(args.n, args.seed + 10 + args.n)
-        out = {"n": args.n, "layer_norm": args.layer_norm, **fast(critic, x, args.gamma, args.eig)}
+    comparing = args.compare or args.n is None
+    try:
+        methods = _methods(args.eig or ("dense,mixed" if comparing else "auto"))
+    except ValueError as err:
+        print(err, file=sys.stderr)
+        return 2
+    if not comparing and len(methods) != 1:
+        print(f"--n takes one --eig method; got {args.eig!r}", file=sys.stderr)
+        return 2
+    limits = contextlib.nullcontext()
+    if args.threads is not None:
+        from threadpoolctl import threadpool_limits
+
+        torch.set_num_threads(args.threads)
+        limits = threadpool_limits(args.threads)
+    load_before = os.getloadavg()
+    with limits:
+        if comparing:
+            out = compare(
+                sizes if args.n is None else [args.n],
+                args.train_steps,
+                args.gamma,
+                args.seed,
+                methods,
+            )
+        else:
+            critic = make_critic(args.layer_norm, args.seed, args.train_steps)
+            x = probe(args.n, args.seed + 10 + args.n)
+            out = {
+                "n": args.n,
+                "layer_norm": args.layer_norm,
+                **fast(critic, x, args.gamma, methods[0]),
+            }
+    out["load_avg_before"] = load_before
+    out["load_avg_after"] = os.getloadavg()
+    out["threads"] = args.threads
     print(json.dumps(out) if args.json else json.dumps(out, indent=1))
     return 0
 

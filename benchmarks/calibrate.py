@@ -34,6 +34,7 @@ from seem_ray.divergence import (  # noqa: E402
     Predictor,
     QBoundPredictor,
     SeemPredictor,
+    default_predictor,
 )
 
 log = logging.getLogger("calibrate")
@@ -79,7 +80,17 @@ BASE = {
 }
 
 
+def crossing_step(history: list[dict[str, float]], bound: float) -> int | None:
+    """First step whose |mean Q| on the probe is non-finite or beyond the return bound."""
+    for r in history:
+        q = r.get(M.Q_MEAN, 0.0)
+        if not math.isfinite(q) or abs(q) > bound:
+            return int(r[M.STEP])
+    return None
+
+
 def run_one(spec: dict[str, Any], out_root: str) -> str:
+    """Train one calibration run; a cached run that never crossed the bound is extended (resumed)."""
     import torch
 
     torch.set_num_threads(1)
@@ -87,14 +98,18 @@ def run_one(spec: dict[str, Any], out_root: str) -> str:
     from seem_ray.runner import run_local
 
     run_dir = Path(out_root) / spec["name"]
+    cfg = parse_run_config(BASE, spec["overrides"])
+    resume = False
     if (run_dir / "summary.json").exists():
-        return spec["name"]
-    if run_dir.exists():
+        history, bound = load_history(run_dir)
+        if crossing_step(history, bound) is not None or int(history[-1][M.STEP]) >= cfg.train.steps:
+            return spec["name"]
+        resume = True
+    elif run_dir.exists():
         import shutil
 
         shutil.rmtree(run_dir)
-    cfg = parse_run_config(BASE, spec["overrides"])
-    run_local(cfg, run_dir)
+    run_local(cfg, run_dir, resume=resume)
     return spec["name"]
 
 
@@ -107,13 +122,17 @@ def load_history(run_dir: Path) -> tuple[list[dict[str, float]], float]:
     return hist, float(summary["q_bound"])
 
 
+DEFAULT_NAME = "default (SEEM>0.05 x3, |Q| order>=1.5; growth order>=2)"
+
+
 def candidates(bound: float) -> dict[str, Predictor]:
     out: dict[str, Predictor] = {"q_bound (baseline)": QBoundPredictor(bound)}
     for tau in (0.0, 0.05, 0.1):
         for patience in (1, 3):
             out[f"SEEM>{tau} x{patience}"] = SeemPredictor(tau, patience)
-    out["growth only"] = GrowthPredictor(bound)
-    out["default (SEEM>0.05 x3 + growth)"] = CompositePredictor(bound)
+    out["growth only (order>=2)"] = GrowthPredictor(bound, min_order=2.0)
+    out[DEFAULT_NAME] = default_predictor(bound)
+    out["composite, confirm order>=1.0"] = CompositePredictor(bound, confirm_order=1.0)
     out["composite SEEM>0.1 x2"] = CompositePredictor(bound, seem_threshold=0.1, patience=2)
     out["composite, no growth"] = CompositePredictor(bound, use_growth=False)
     return out
@@ -124,14 +143,7 @@ def analyse(out_root: Path, names: list[str]) -> dict[str, Any]:
     per_pred: dict[str, dict[str, Any]] = {}
     for name in names:
         hist, bound = load_history(out_root / name)
-        crossing = next(
-            (
-                int(r[M.STEP])
-                for r in hist
-                if not math.isfinite(r.get(M.Q_MEAN, 0.0)) or abs(r.get(M.Q_MEAN, 0.0)) > bound
-            ),
-            None,
-        )
+        crossing = crossing_step(hist, bound)
         seems = [r[M.SEEM] for r in hist if M.SEEM in r and math.isfinite(r[M.SEEM])]
         row: dict[str, Any] = {
             "run": name,
@@ -214,7 +226,7 @@ def write_markdown(result: dict[str, Any], path: Path, meta: dict[str, Any]) -> 
         fq = f"{r['final_q']:.3g}" if r["final_q"] is not None else "-"
         lines.append(
             f"| {r['run']} | {r['q_bound']:.3g} | {r['diverged_at'] or '-'} | {ms} | {fq} | "
-            f"{r['default (SEEM>0.05 x3 + growth)'] or '-'} | {r['SEEM>0.0 x1'] or '-'} |"
+            f"{r[DEFAULT_NAME] or '-'} | {r['SEEM>0.0 x1'] or '-'} |"
         )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")

@@ -62,8 +62,8 @@ MIXED_LOCATE = 1e-4
 MIXED_MARGIN = 2.5e-7
 # Refinements (one LU each) before the dense fallback.
 MIXED_MAX_REFINE = 4
-# Inverse-iteration steps per refinement.
-MIXED_ITERS = 12
+# Inverse-iteration steps per refinement (2-3 usually; tens inside tight clusters).
+MIXED_ITERS = 40
 # Memory budget (bytes) for the float64 temporaries of one row block of the Gram.
 _BLOCK_BYTES = 256 * 2**20
 # Memory budget (bytes) for materialised per-sample gradients on the generic path.
@@ -292,10 +292,10 @@ def _linear_block(
     return block
 
 
-def _gram_rows(
+def _gram_parts(
     feats1: list[_LayerFeatures], feats2: list[_LayerFeatures], rows: slice
-) -> torch.Tensor:
-    """Rows `rows` of G(X1, X2) from layer features (seem.md section 4)."""
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """Rows `rows` of G(X1, X2) as (sum of Hadamard blocks, left, right): G = H + left right^T."""
     lefts: list[torch.Tensor] = []
     rights: list[torch.Tensor] = []
     out: torch.Tensor | None = None
@@ -308,8 +308,18 @@ def _gram_rows(
             out = part
         else:
             out += part
-    if lefts:
-        low = torch.cat(lefts, 1) @ torch.cat(rights, 1).T
+    if not lefts:
+        return out, None, None
+    return out, torch.cat(lefts, 1), torch.cat(rights, 1)
+
+
+def _gram_rows(
+    feats1: list[_LayerFeatures], feats2: list[_LayerFeatures], rows: slice
+) -> torch.Tensor:
+    """Rows `rows` of G(X1, X2) from layer features (seem.md section 4)."""
+    out, left, right = _gram_parts(feats1, feats2, rows)
+    if left is not None and right is not None:
+        low = left @ right.T
         out = low if out is None else out.add_(low)
     assert out is not None
     return out
@@ -337,10 +347,19 @@ def _layerwise_a(
     coef = coef.to(dev, torch.float64)
     a = torch.empty(n, n, dtype=torch.float64, device=dev)
     for rows in _row_blocks(n, n):
-        block = _gram_rows(feats_s, feats, rows)
-        block *= coef[rows, None]
-        block -= _gram_rows(feats, feats, rows)
-        a[rows] = block
+        c = coef[rows, None]
+        hada_s, left_s, right = _gram_parts(feats_s, feats, rows)
+        hada, left, _ = _gram_parts(feats, feats, rows)
+        if hada_s is not None and hada is not None:
+            hada_s *= c
+            hada_s -= hada
+        del hada
+        # Both Grams share the right factors (features of X): one product for their difference.
+        if left_s is not None and left is not None and right is not None:
+            low = torch.mul(left_s, c).sub_(left) @ right.T
+            hada_s = low if hada_s is None else hada_s.add_(low)
+        assert hada_s is not None
+        a[rows] = hada_s
     return a
 
 
@@ -506,22 +525,23 @@ def _dense_eigs(a: np.ndarray) -> np.ndarray:
 def _mixed_eigs(a: np.ndarray) -> np.ndarray | None:
     """The rightmost eigenvalue of a (||a||_F == 1), located in float32 and refined in float64.
 
-    Why it is exact to ~1e-7 (SEEM units): sgeev is backward stable, so its eigenvalues are the
-    exact eigenvalues of a + E with ||E|| ~ eps32 ||a|| (~1e-7), and each lies within
-    delta ~ kappa(lam) * ||E|| of an eigenvalue of a. Shifted inverse iteration with a float64
-    LU of a - c I (complex for complex c) converges to the eigenvalue of a nearest the shift c;
-    it is accepted only with residual ||a v - lam v|| <= MIXED_TOL (lam is then an exact
-    eigenvalue of a + F, ||F|| <= 1e-10) and |lam - c| <= MIXED_LOCATE. The reported value is
-    thus a float64 eigenvalue, never above the true maximum by more than the residual, and an
-    eigenvalue further right would need a float32 candidate c' with Re c' within delta of it:
-    every candidate right of best - margin is refined too (at most MIXED_MAX_REFINE LUs), so
-    the miss is at most margin + delta, margin <= MIXED_MARGIN. In ill-conditioned clusters
-    (where float32 may reorder eigenvalues) the refinement returns the float64 eigenvalue
-    nearest each candidate; clusters tighter than the residual are exact zero/near-zero modes
-    whose vectors are all eigenvectors. None (dense fallback) when any check fails.
+    Why the SEEM error stays far below 1e-6 (SEEM = lam / ||a||_F, so errors are in units of 1):
+    sgeev is backward stable, so its eigenvalues c are exact for a + E, ||E|| ~ eps32 (~1e-7),
+    each within delta ~ kappa(lam) * ||E|| of an eigenvalue of a. Inverse iteration with a
+    float64 LU of a - c I (complex LU for complex c) converges to the eigenvalue of a nearest c;
+    it is accepted only at residual ||a v - lam v|| <= MIXED_TOL with ||v|| = 1 (lam exact for
+    a + F, ||F|| <= 1e-10: the float64 answer dense eigvals would give) and |lam - c| <=
+    MIXED_LOCATE. Candidates are refined rightmost first until the next one lies left of
+    best + margin, where margin (<= MIXED_MARGIN = 2.5e-7) is four times the observed float32
+    error of the top one; a missed eigenvalue therefore lies below best + margin + delta. In
+    ill-conditioned clusters float32 may reorder eigenvalues: each refined candidate still
+    lands on the float64 eigenvalue nearest it, and the rightmost of those is kept. Any failed
+    check (no convergence, distant eigenvalue, > MIXED_MAX_REFINE candidates) returns None and
+    the caller uses dense float64. Tested against dense on critics with/without LayerNorm,
+    gamma 0/0.99/1.2, trained critics, near-zero clusters and complex rightmost pairs.
     """
     n = a.shape[0]
-    w32 = scipy.linalg.eigvals(a.astype(np.float32), check_finite=False)
+    w32 = scipy.linalg.eigvals(a.astype(np.float32), check_finite=False, overwrite_a=True)
     if not np.all(np.isfinite(w32)):
         return None
     cands = _sort_right(w32.astype(np.complex128))
@@ -552,20 +572,19 @@ def _inverse_iteration(a: np.ndarray, c: complex, start: np.ndarray) -> complex 
     """The float64 eigenvalue of a nearest c (one LU of a - c I), or None when unverified."""
     n = a.shape[0]
     real = c.imag == 0.0
-    shifted = a.copy() if real else a.astype(np.complex128)
     sigma: complex | float = c.real if real else c
     v = start.real.copy() if real else start.copy()
     for offset in (0.0, 1e-12, 1e-9):  # an exactly singular shift would give inf: nudge it
-        m = shifted.copy()
+        m = a.copy() if real else a.astype(np.complex128)
         m.flat[:: n + 1] -= sigma + offset
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
             lu = scipy.linalg.lu_factor(m, check_finite=False, overwrite_a=True)
+        del m
         if np.all(np.diag(lu[0]) != 0):
             break
     else:
         return None
-    del m, shifted
     v /= np.linalg.norm(v)
     for _ in range(MIXED_ITERS):
         y = scipy.linalg.lu_solve(lu, v, check_finite=False)

@@ -5,8 +5,9 @@ MLflow backend store (sqlite under the runs folder by default; any MLflow URI ac
 
 Each child run gets: the trial's flattened RunConfig as params, every reported metric at its
 step, tags (stop_reason, diverged_since, predicted divergence step, dataset, trial id) and
-artifacts (config.yaml, seem_q.png, the checkpoint path). On a resumed sweep, child runs left
-RUNNING by a killed driver are marked KILLED so nothing stays RUNNING forever.
+artifacts (config.yaml, seem_q.png, the checkpoint path; stored next to a sqlite database). On a
+resumed sweep the parent run is reopened and child runs left RUNNING by a killed driver are marked
+KILLED so nothing stays RUNNING forever.
 """
 
 from __future__ import annotations
@@ -126,8 +127,19 @@ def experiment_id(uri: str, name: str) -> str:
         return exp.experiment_id
     # Open in the UI's "Model training" view (MLflow 3 defaults new experiments to GenAI).
     return client.create_experiment(
-        name, tags={"mlflow.experimentKind": "custom_model_development"}
+        name,
+        artifact_location=_artifact_location(uri),
+        tags={"mlflow.experimentKind": "custom_model_development"},
     )
+
+
+def _artifact_location(uri: str) -> str | None:
+    """Artifacts of a sqlite store go next to its database; MLflow's default is ./mlruns of
+    whatever directory the driver happens to run in. Other stores keep their own default."""
+    prefix = "sqlite:///"
+    if not uri.startswith(prefix):
+        return None
+    return (Path(uri[len(prefix) :]).resolve().parent / "mlartifacts").as_uri()
 
 
 def numeric_metrics(result: Mapping[str, Any]) -> dict[str, float]:
@@ -173,8 +185,9 @@ def yaml_text(data: Any) -> str:
 class MlflowSweepTracker(tune.Callback):
     """Tune callback recording a sweep in MLflow (parent run) and each trial (child run).
 
-    Holds the stopper (pickled together with it in the Tune run config, so a restored sweep keeps
-    both the verdicts and the parent run id). The MLflow client is created on demand.
+    Holds the stopper. Its run ids, histories and the stopper's verdicts go into Tune's
+    experiment checkpoints (get_state/set_state), so a restored sweep keeps both the verdicts and
+    the parent run. The MLflow client is created on demand.
     """
 
     def __init__(
@@ -212,16 +225,60 @@ class MlflowSweepTracker(tune.Callback):
             )
             self.parent_run_id = run.info.run_id
             client.log_dict(self.parent_run_id, self.sweep_config, "sweep.yaml")
-        else:  # restored sweep: reopen the parent, close children left RUNNING by the killed driver
+        else:  # restored sweep (state from set_state): reopen the parent, tidy its children
             client.update_run(self.parent_run_id, status="RUNNING")
-            for trial_id, run_id in list(self.child_runs.items()):
-                if (
-                    trial_id not in self.finished
-                    and client.get_run(run_id).info.status == "RUNNING"
-                ):
-                    client.set_terminated(run_id, status="KILLED")
-                    del self.child_runs[trial_id]
-                    self.histories.pop(trial_id, None)
+            self._reconcile_children(client, exp_id)
+
+    def _reconcile_children(self, client: Any, exp_id: str) -> None:
+        """Match MLflow to a restored sweep. Tune's saved state can be up to a checkpoint period
+        older than the store, so MLflow is read rather than trusted: children left RUNNING by the
+        killed driver become KILLED (their trials rerun under a fresh child); FAILED ones are
+        forgotten too (errored trials rerun); FINISHED ones the saved state missed are adopted,
+        so a trial Tune reruns does not get a second FINISHED run."""
+        runs = client.search_runs(
+            [exp_id],
+            filter_string=f"tags.`mlflow.parentRunId` = '{self.parent_run_id}'",
+            max_results=10000,
+        )
+        for run in runs:
+            run_id, status = run.info.run_id, run.info.status
+            trial_id = run.data.tags.get("seem_ray.trial_id", "")
+            if status == "RUNNING":
+                client.set_terminated(run_id, status="KILLED")
+            if status in ("RUNNING", "FAILED") and self.child_runs.get(trial_id) == run_id:
+                del self.child_runs[trial_id]
+                self.histories.pop(trial_id, None)
+                self.finished.pop(trial_id, None)
+            elif status == "FINISHED" and trial_id and trial_id not in self.finished:
+                self.child_runs[trial_id] = run_id
+                tags = run.data.tags
+                self.finished[trial_id] = {
+                    "stop_reason": tags.get(M.STOP_REASON, M.REASON_BUDGET),
+                    "steps": int(tags.get("steps_trained", 0)),
+                }
+
+    # ------------------------------------------------- Tune experiment checkpoints (restore)
+    def get_state(self) -> dict[str, Any]:
+        """Saved by Tune with each experiment checkpoint. Needed because a restored sweep gets
+        this object from tuner.pkl, pickled once at the start (no parent run, no verdicts). The
+        stopper's state rides along: it is the same object as the run config's ``stop``."""
+        return {
+            "parent_run_id": self.parent_run_id,
+            "child_runs": self.child_runs,
+            "histories": self.histories,
+            "trial_configs": self.trial_configs,
+            "finished": self.finished,
+            "checkpoints": self.checkpoints,
+            "stopper": vars(self.stopper) if self.stopper is not None else None,
+        }
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        stopper_state = state.pop("stopper", None)
+        for key, value in state.items():
+            setattr(self, key, value)
+        if stopper_state is not None and self.stopper is not None:
+            vars(self.stopper).update(stopper_state)  # in place: Tune and run_sweep hold it too
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         from seem_ray.config import flatten
@@ -261,7 +318,7 @@ class MlflowSweepTracker(tune.Callback):
         from mlflow.entities import Metric
 
         run_id = self.child_runs.get(trial.trial_id)
-        if run_id is None or M.STEP not in result:
+        if run_id is None or trial.trial_id in self.finished or M.STEP not in result:
             return
         values = numeric_metrics(result)
         if isinstance(result.get("checkpoint_path"), str):  # set by Ray Train's TuneReportCallback

@@ -42,17 +42,19 @@ __all__ = ["DEFAULT_SWEEP", "SweepSummary", "main", "run_sweep", "trial_config"]
 log = logging.getLogger("seem_ray.tune")
 
 # The README's main job (also tune_configs/demo.yaml; a test keeps the two identical): plain
-# offline TD3 (bc_weight 0, hard target updates) on a small local PointMaze dataset, critics with
-# and without LayerNorm; the no-LN critics diverge, the SEEM stopper ends them early.
+# offline TD3 (bc_weight 0, hard target updates: the paper's divergence setting, with a small
+# critic learning rate so divergence unfolds over ~1k steps) on 2,000 transitions of a local
+# PointMaze dataset, critics with and without LayerNorm. The no-LN critics diverge and the SEEM
+# stopper ends them before Q crosses the return bound; the LN critics train to the budget.
 DEFAULT_SWEEP: dict[str, Any] = {
     "name": "demo",
     "base": {
         "data": {"dataset": "seem_ray/pointmaze-umaze-dense-v0", "max_transitions": 2000},
-        "algo": {"name": "td3bc", "gamma": 0.99, "tau": 1.0, "td3bc": {"bc_weight": 0.0}},
+        "algo": {"name": "td3bc", "tau": 1.0, "critic_lr": 3e-5, "td3bc": {"bc_weight": 0.0}},
         "critic": {"hidden": [256, 256]},
         "actor": {"hidden": [256, 256]},
-        "seem": {"every": 500, "probe_size": 256},
-        "train": {"steps": 6000, "log_every": 250, "eval_episodes": 2, "checkpoint_every": 2000},
+        "seem": {"every": 100, "probe_size": 256},
+        "train": {"steps": 3000, "log_every": 100, "eval_episodes": 2, "checkpoint_every": 1000, "threads": 1},
         "stopper": {"kind": "seem"},
         "scaling": {"num_workers": 1, "cpus_per_worker": 0.9},
         "tracking": {"experiment": "seem_ray_demo"},
@@ -81,10 +83,37 @@ def run_trial(config: dict[str, Any]) -> None:
     ensure_dataset(cfg.data.dataset)
     ctx = tune.get_context()
     storage = Path(config["train_storage"]) / ctx.get_trial_id()
+    done = _finished_run_metrics(storage / "train", cfg.train.steps)
+    if done is not None:  # restored sweep: the driver died after this trial's last step
+        tune.report(done)
+        return
     trainer = make_trainer(
         cfg, name="train", storage_path=storage, callbacks=[TuneReportCallback()]
     )
     trainer.fit()
+
+
+def _finished_run_metrics(run_dir: Path, budget: int) -> dict[str, Any] | None:
+    """The final report of a Ray Train run that already reached its step budget, else None.
+
+    A restored sweep reruns trials Tune had not seen end. Refitting one whose Train run had
+    finished would resume at the budget, train nothing and report nothing: Tune, the stopper,
+    MLflow and the summary would see a trial of 0 steps. Its last report is replayed instead.
+    """
+    if not run_dir.is_dir():
+        return None
+    from ray.train import Result
+
+    try:
+        result = Result.from_path(str(run_dir))
+    except Exception:  # no checkpoint reported yet: nothing to replay
+        return None
+    metrics = dict(result.metrics or {})
+    if int(metrics.get(M.STEP, 0)) < budget:
+        return None
+    if result.checkpoint is not None:
+        metrics["checkpoint_path"] = result.checkpoint.path  # as TuneReportCallback adds it
+    return metrics
 
 
 def _domain(spec: SpaceSpec) -> Any:

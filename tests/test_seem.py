@@ -148,6 +148,22 @@ def test_layerwise_gram_matches_naive(
     assert abs(res.max_eig - lam) <= 1e-9 * res.frob
 
 
+@pytest.mark.parametrize("norm", ["none", "layer"])
+def test_layerwise_a_matches_naive_in_row_blocks(
+    norm: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A = diag(coef) G(X*, X) - G(X, X) with per-row coefficients, over several row blocks."""
+    torch.manual_seed(20)
+    critic = Critic(mlp(5, (16, 1, 8), norm))  # Hadamard, Kronecker and norm factor branches
+    x = probe(40, seed=20)
+    coef = torch.rand(40, dtype=torch.float64)
+    monkeypatch.setattr(S, "_BLOCK_BYTES", 8 * 4 * 40 * 7)  # 7 rows per block
+    with torch.enable_grad():
+        a = S._layerwise_a(critic, (x[0], x[1]), (x[2], x[3]), coef)
+    phi, phi_s = naive_phi(critic, x[0], x[1]), naive_phi(critic, x[2], x[3])
+    assert rel(a, coef[:, None] * (phi_s @ phi.T) - phi @ phi.T) < 1e-12
+
+
 def test_frozen_parameters_are_excluded() -> None:
     torch.manual_seed(2)
     body = mlp(5, (8, 8), "layer")
@@ -485,7 +501,7 @@ def test_probe_critic_selects_head() -> None:
     assert S.probe_critic(single, 0) is single
 
 
-# ----------------------------------------------------------------------------- Arnoldi == dense
+# ----------------------------------------------------------------------------- mixed == dense
 
 
 def _trained(critic: nn.Module, x: tuple[torch.Tensor, ...], steps: int, lr: float) -> None:
@@ -504,34 +520,158 @@ def _trained(critic: nn.Module, x: tuple[torch.Tensor, ...], steps: int, lr: flo
 
 @pytest.mark.parametrize("norm", ["none", "layer"])
 @pytest.mark.parametrize(("gamma", "train_steps"), [(0.0, 0), (0.99, 0), (0.99, 60), (1.2, 0)])
-def test_arnoldi_matches_dense(norm: str, gamma: float, train_steps: int) -> None:
+def test_mixed_matches_dense(norm: str, gamma: float, train_steps: int) -> None:
     torch.manual_seed(16)
     critic = Critic(mlp(5, (32, 32), norm))
     x = probe(200, seed=16)
     if train_steps:
         _trained(critic, x, train_steps, 1e-2)
     dense = S.compute_seem(critic, *x, gamma=gamma, eig="dense", top_k=1)
-    iterative = S.compute_seem(critic, *x, gamma=gamma, eig="arnoldi", top_k=1)
+    mixed = S.compute_seem(critic, *x, gamma=gamma, eig="mixed", top_k=1)
     assert dense.eig_method == "dense"
-    assert iterative.eig_method == "arnoldi"
-    assert abs(dense.seem - iterative.seem) < 1e-6
-    assert abs(dense.top_eigs[0] - iterative.top_eigs[0]) < 1e-6 * dense.frob
+    assert mixed.eig_method == "mixed"
+    assert abs(dense.seem - mixed.seem) < 1e-9
+    assert abs(dense.top_eigs[0].real - mixed.top_eigs[0].real) < 1e-9 * dense.frob
+    assert abs(dense.frob - mixed.frob) <= 1e-12 * dense.frob
 
 
-@pytest.mark.parametrize("seed", range(6))
-def test_arnoldi_on_near_zero_clusters(seed: int) -> None:
-    """Matrices shaped like -G + small coupling: thousands-fold clustering at the right edge."""
+def _cluster_matrix(seed: int) -> np.ndarray:
+    """Shaped like -G + small coupling: a thousands-fold cluster at the right edge."""
     rng = np.random.default_rng(seed)
     n = 300
     u = rng.standard_normal((n, 40)) * np.logspace(0, -4, 40)  # decaying, rank-deficient G
     g = u @ u.T + 1e-9 * np.eye(n)
     coupling = rng.standard_normal((n, n)) * 10.0 ** rng.uniform(-7, -3)
-    a = coupling @ g - g  # shaped like gamma * G(X*, X) - G(X, X)
+    return coupling @ g - g  # like gamma * G(X*, X) - G(X, X)
+
+
+def _rightmost_complex_matrix(seed: int) -> np.ndarray:
+    """A real matrix whose rightmost eigenvalues are a well-separated complex pair."""
+    rng = np.random.default_rng(seed)
+    n = 250
+    q, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    t = np.diag(-rng.uniform(0.1, 1.0, n)) + np.triu(0.05 * rng.standard_normal((n, n)), 1)
+    t[:2, :2] = [[0.2, 0.5], [-0.3, 0.2]]  # eigenvalues 0.2 +- 0.387i
+    return q @ t @ q.T
+
+
+def _exact_zero_cluster(seed: int) -> np.ndarray:
+    """Rank 30 at n=200: 170 exact zero eigenvalues, rightmost a tiny negative or zero."""
+    rng = np.random.default_rng(seed)
+    phi = rng.standard_normal((200, 30))
+    phi_s = phi + 0.01 * rng.standard_normal((200, 30))
+    return 0.9 * phi_s @ phi.T - phi @ phi.T
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        *(lambda s=s: _cluster_matrix(s) for s in range(4)),
+        *(lambda s=s: _rightmost_complex_matrix(s) for s in range(2)),
+        *(lambda s=s: _exact_zero_cluster(s) for s in range(2)),
+        lambda: np.random.default_rng(5).standard_normal((220, 220)),  # Ginibre: disk spectrum
+    ],
+)
+def test_mixed_on_hard_spectra(make) -> None:
+    a = make()
     frob = np.linalg.norm(a)
     w = np.linalg.eigvals(a / frob)
-    vals = S._arnoldi_eigs(a / frob, 1)
-    assert vals is not None, "Arnoldi should converge on these matrices"
-    assert abs(vals[0].real - w.real.max()) < 1e-8
-    lam, used = S.rightmost_eigenvalue(a, "arnoldi")
-    assert used == "arnoldi"
-    assert abs(lam.real - w.real.max() * frob) < 1e-8 * frob
+    vals = S._mixed_eigs(a / frob)
+    assert vals is not None, "mixed should verify these matrices"
+    assert abs(vals[0].real - w.real.max()) < 1e-9
+    assert np.abs(w - vals[0]).min() < 1e-9  # an eigenvalue of a, not just its real part
+    lam, used = S.rightmost_eigenvalue(a, "mixed")
+    assert used == "mixed"
+    assert abs(lam.real - w.real.max() * frob) < 1e-9 * frob
+
+
+def test_mixed_complex_pair_keeps_imaginary_part() -> None:
+    a = _rightmost_complex_matrix(3)
+    lam, used = S.rightmost_eigenvalue(a, "mixed")
+    w = np.linalg.eigvals(a)
+    top = w[np.argmax(w.real)]
+    assert used == "mixed"
+    assert abs(abs(lam.imag) - abs(top.imag)) < 1e-9 * np.linalg.norm(a)
+    assert abs(lam.imag) > 0.1
+
+
+def test_mixed_falls_back_to_dense_when_unverified(monkeypatch: pytest.MonkeyPatch) -> None:
+    a = _cluster_matrix(7)
+    monkeypatch.setattr(S, "MIXED_ITERS", 0)  # no refinement step can verify anything
+    lam, used = S.rightmost_eigenvalue(a, "mixed")
+    assert used == "dense"
+    assert abs(lam.real - np.linalg.eigvals(a).real.max()) < 1e-10 * np.linalg.norm(a)
+
+
+def test_auto_picks_dense_for_small_and_mixed_for_large(monkeypatch: pytest.MonkeyPatch) -> None:
+    a = _rightmost_complex_matrix(4)
+    assert S.rightmost_eigenvalue(a)[1] == "dense"  # n=250 <= DENSE_MAX_N
+    monkeypatch.setattr(S, "DENSE_MAX_N", 100)
+    lam, used = S.rightmost_eigenvalue(a)
+    assert used == "mixed"
+    assert abs(lam.real - np.linalg.eigvals(a).real.max()) < 1e-10 * np.linalg.norm(a)
+    torch.manual_seed(17)
+    critic = Critic(mlp(5, (16,)))
+    x = probe(120, seed=17)
+    res = S.compute_seem(critic, *x, gamma=0.99, top_k=3)  # top_k > 1: whole spectrum
+    assert res.eig_method == "dense" and len(res.top_eigs) == 3
+    assert S.compute_seem(critic, *x, gamma=0.99).eig_method == "mixed"
+
+
+def test_arnoldi_is_gone() -> None:
+    critic = Critic(mlp(5, (4,)))
+    with pytest.raises(ValueError, match="eig"):
+        S.compute_seem(critic, *probe(6), eig="arnoldi")
+
+
+# ----------------------------------------------------------------------------- duplicate rows
+
+
+def _with_duplicates(n: int, pool: int, seed: int) -> tuple[torch.Tensor, ...]:
+    """n draws with replacement from `pool` distinct transitions, like the official probe."""
+    base = probe(pool, seed=seed)
+    idx = torch.randint(0, pool, (n,), generator=torch.Generator().manual_seed(seed))
+    return tuple(t[idx] for t in base)
+
+
+@pytest.mark.parametrize(
+    ("norm", "gamma", "pool"), [("none", 0.99, 25), ("layer", 1.2, 40), ("layer", 0.0, 30)]
+)
+def test_duplicate_rows_reduce_exactly(norm: str, gamma: float, pool: int) -> None:
+    torch.manual_seed(18)
+    critic = Critic(mlp(5, (16, 16), norm))
+    x = _with_duplicates(90, pool, seed=18)
+    distinct = len(torch.unique(torch.cat(x, 1), dim=0))
+    assert distinct < 90
+    a = naive_a(critic, x, gamma)  # the full N x N matrix, one backward per row
+    merged = S.compute_seem(critic, *x, gamma=gamma, top_k=4)
+    full = S.compute_seem(critic, *x, gamma=gamma, top_k=4, dedupe=False)
+    assert merged.unique_rows == distinct and full.unique_rows == 90
+    assert merged.n == full.n == 90
+    assert abs(merged.seem - naive_seem(a)) < 1e-9
+    assert abs(merged.seem - full.seem) < 1e-9
+    assert math.isclose(merged.frob, np.linalg.norm(a) / merged.num_params, rel_tol=1e-10)
+    w = np.linalg.eigvals(a) / merged.num_params
+    scale = merged.frob
+    for lam in merged.top_eigs:  # zeros included: N - u of them are exact eigenvalues
+        assert np.abs(w - lam).min() < 1e-9 * scale
+    assert abs(merged.max_eig - w.real.max()) < 1e-9 * scale
+    if gamma == 0.0:  # -G is NSD; the duplicated rows add exact zeros, so max Re == 0
+        assert merged.seem == 0.0
+
+
+def test_duplicates_differing_only_in_done_are_kept_apart() -> None:
+    torch.manual_seed(19)
+    critic = Critic(mlp(5, (8, 8)))
+    base = probe(10, seed=19)
+    x = tuple(torch.cat([t, t]) for t in base)  # every row twice
+    done = torch.cat([torch.zeros(10), torch.ones(10)])
+    res = S.compute_seem(critic, *x, gamma=0.99, done=done, mask_terminals=True)
+    assert res.unique_rows == 20
+    phi, phi_s = naive_phi(critic, x[0], x[1]), naive_phi(critic, x[2], x[3])
+    coef = 0.99 * (1 - done.double())
+    a = (coef[:, None] * phi_s @ phi.T - phi @ phi.T).numpy()
+    assert abs(res.seem - naive_seem(a)) < 1e-10
+    plain = S.compute_seem(critic, *x, gamma=0.99)
+    assert plain.unique_rows == 10
+    assert abs(plain.seem - naive_seem(naive_a(critic, x, 0.99))) < 1e-10

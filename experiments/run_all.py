@@ -1,0 +1,205 @@
+"""Run every reproduction experiment and rebuild docs/results.md from their JSON numbers.
+
+Flow position: the last step outside the service; it only reads what each experiment wrote.
+
+    python -m experiments.run_all                 # full runs, docs/figures, docs/results.md
+    python -m experiments.run_all --report-only   # rebuild results.md from runs/experiments/*.json
+    python -m experiments.run_all --quick         # seconds-long smoke run under runs/experiments/quick/
+
+An experiment is a module `experiments.<name>` listed in EXPERIMENTS with
+    NAME: str, FIGURE: str,
+    main(argv: Sequence[str] | None) -> dict          (takes --quick, --figures DIR, --json PATH),
+    summary_rows(result: dict) -> list[SummaryRow],
+    report_section(result: dict, figures_rel: str) -> str   (markdown, starting with "## <n>.").
+Sections not yet implemented appear as PENDING rows; adding a module means appending its name
+to EXPERIMENTS and removing its PENDING row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import platform
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import torch
+
+from experiments.common import FIGURES_DIR, SummaryRow, prepare_torch, results_path
+from seem_ray.runtime import PROJECT_ROOT, atomic_write_text, runs_dir
+
+EXPERIMENTS: tuple[str, ...] = ("growth_order", "sgd_crash")
+
+PENDING: tuple[SummaryRow, ...] = (
+    SummaryRow(
+        "1",
+        "SEEM > 0 flags divergence early: ~0 for converging critics, 0.1-0.8 for diverging "
+        "ones, before Q crosses the return bound",
+        "pending: see docs/calibration.md (calibration runs in progress)",
+        "pending",
+    ),
+    SummaryRow(
+        "4",
+        "A critical discount exists (walker2d-medium-expert: diverges for gamma >= 0.928, "
+        "converges for gamma <= 0.927)",
+        "not yet run",
+        "pending",
+    ),
+    SummaryRow(
+        "5",
+        "LayerNorm (Linear -> LN -> ReLU in every hidden layer) prevents divergence; placement "
+        "matters",
+        "not yet run",
+        "pending",
+    ),
+    SummaryRow(
+        "6",
+        "LN is ~neutral on full datasets and helps most on small (10%, 1%) subsets",
+        "not yet run",
+        "pending",
+    ),
+    SummaryRow(
+        "7",
+        "Stopping predicted divergers early saves compute without losing good trials",
+        "pending: see the stopper benchmark (benchmarks/bench_stopper.py; results to be linked)",
+        "pending",
+    ),
+)
+
+PENDING_TITLES = {
+    "1": "SEEM vs the Q bound",
+    "4": "Critical discount (gamma threshold)",
+    "5": "Normalization placement",
+    "6": "Small datasets",
+    "7": "The stopper's value",
+}
+
+log = logging.getLogger(__name__)
+
+
+def load_module(name: str) -> ModuleType:
+    """Import `experiments.<name>` and check it has the interface of the module docstring."""
+    mod = importlib.import_module(f"experiments.{name}")
+    for attr in ("NAME", "FIGURE", "main", "summary_rows", "report_section"):
+        if not hasattr(mod, attr):
+            raise AttributeError(f"experiments.{name} lacks {attr}: see experiments.run_all")
+    return mod
+
+
+def _section_key(section: str) -> tuple[int, str]:
+    head = section.split(".")[0]
+    return (int(head), section) if head.isdigit() else (10**6, section)
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def build_report(
+    results: dict[str, dict[str, Any]],
+    figures_dir: Path,
+    report_path: Path,
+    quick: bool = False,
+) -> str:
+    """The whole results.md: summary table (measured + pending), one section per experiment."""
+    rows: list[SummaryRow] = list(PENDING)
+    sections: list[tuple[str, str]] = []
+    fig_rel = os.path.relpath(figures_dir, report_path.parent)
+    for name, result in results.items():
+        mod = load_module(name)
+        mine = mod.summary_rows(result)
+        rows += mine
+        sections.append((mine[0].section if mine else "99", mod.report_section(result, fig_rel)))
+    for sec, title in PENDING_TITLES.items():
+        if not any(s == sec for s, _ in sections):
+            row = next(r for r in PENDING if r.section == sec)
+            sections.append(
+                (sec, f"## {sec}. {title}\n\n**Claim**: {row.claim}.\n\nStatus: {row.measured}.\n")
+            )
+    rows.sort(key=lambda r: _section_key(r.section))
+    sections.sort(key=lambda s: _section_key(s[0]))
+    seconds = {n: r.get("seconds") for n, r in results.items()}
+    lines = [
+        "# Reproducing the paper's findings",
+        "",
+        "Yue et al., NeurIPS 2023, *Understanding, Predicting and Better Resolving Q-Value "
+        "Divergence in Offline-RL* (arXiv 2310.04411); the claims and derivations are collected "
+        "in docs/seem.md. This file is generated by `python -m experiments.run_all` from "
+        "runs/experiments/*.json; do not edit it by hand.",
+        "",
+    ]
+    if quick:
+        lines += ["**QUICK SMOKE RUN: tiny settings, numbers not meaningful.**", ""]
+    lines += [
+        "## Summary",
+        "",
+        "| § | claim (paper / seem.md) | what we measured | verdict |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r.section} | {_cell(r.claim)} | {_cell(r.measured)} | {_cell(r.verdict)} |"
+        for r in rows
+    ]
+    lines += [
+        "",
+        "Environment: CPU only, torch "
+        f"{torch.__version__}, 1 intra-op thread, Python {platform.python_version()}; "
+        "wall times (s, shared loaded machine): "
+        + ", ".join(f"{n} {s:.0f}" for n, s in seconds.items() if s is not None)
+        + ". Regenerate one experiment with `python -m experiments.<name>` and this file with "
+        "`python -m experiments.run_all --report-only`.",
+        "",
+    ]
+    for _, text in sections:
+        lines += [text.rstrip(), ""]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> Path:
+    """CLI entry: run the experiments (unless --report-only) and write the report."""
+    p = argparse.ArgumentParser(prog="python -m experiments.run_all", description=__doc__)
+    p.add_argument("--quick", action="store_true", help="seconds-long smoke versions")
+    p.add_argument("--report-only", action="store_true", help="only rebuild the report")
+    p.add_argument("--only", nargs="*", default=None, help=f"subset of {list(EXPERIMENTS)}")
+    p.add_argument("--out-dir", type=Path, default=None, help="JSON folder")
+    p.add_argument("--figures", type=Path, default=None, help="figure folder")
+    p.add_argument("--report", type=Path, default=None, help="results markdown path")
+    args = p.parse_args(argv)
+    quick_root = runs_dir() / "experiments" / "quick"
+    out_dir = args.out_dir or (quick_root if args.quick else results_path("x").parent)
+    figures = args.figures or (quick_root / "figures" if args.quick else FIGURES_DIR)
+    report = args.report or (
+        quick_root / "results.md" if args.quick else PROJECT_ROOT / "docs" / "results.md"
+    )
+    names = list(EXPERIMENTS if args.only is None else args.only)
+    unknown = [n for n in names if n not in EXPERIMENTS]
+    if unknown:
+        p.error(f"unknown experiment(s) {unknown}; known: {list(EXPERIMENTS)}")
+    prepare_torch()
+    for name in names if not args.report_only else []:
+        t0 = time.perf_counter()
+        flags = ["--figures", str(figures), "--json", str(out_dir / f"{name}.json")]
+        load_module(name).main([*flags, "--quick"] if args.quick else flags)
+        log.info("%s done in %.0fs", name, time.perf_counter() - t0)
+    results: dict[str, dict[str, Any]] = {}
+    for name in EXPERIMENTS:
+        path = out_dir / f"{name}.json"
+        if path.exists():
+            results[name] = json.loads(path.read_text())
+        else:
+            log.warning("no %s: %s left out of the report", path, name)
+    text = build_report(results, figures, report, quick=args.quick)
+    atomic_write_text(report, text)
+    log.info("wrote %s", report)
+    return report
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    main()
