@@ -372,7 +372,9 @@ def summary_rows(result: dict[str, Any]) -> list[SummaryRow]:
             "SGD: Q^-(2L-2)/L falls linearly in t near blow-up",
             f"{crashed}/{len(result['runs'])} runs blew up; line fit on RMS|Q| in "
             f"[{lo:g}, {hi:g}]: " + "; ".join(lin),
-            "reproduced",
+            "reproduced"
+            if min(np.nanmin(_tail_r2(result, k)) for k in s["layers"]) >= 0.98
+            else "partly: see section 3",
         ),
         SummaryRow(
             "3",
@@ -485,6 +487,17 @@ def reading(result: dict[str, Any]) -> list[str]:
         )["threshold"]
         for layers in s["layers"]
     }
+    interior = all(min(s["thresholds"]) < v < max(s["thresholds"]) for v in best.values())
+    shape = "is U-shaped" if interior else "depends on"
+    # Best single prediction at the main t0, to set against seem.md's numpy check.
+    best_run = min(prim, key=lambda rp: abs(num(rp[1]["rel_err_eig"])), default=None)
+    best_txt = (
+        f"our best run (L={best_run[0]['layers']}, lr={best_run[0]['lr']:g}, seed "
+        f"{best_run[0]['seed']}) predicted {fmt(best_run[1]['pred_eig'], '.0f')} vs actual "
+        f"{best_run[0]['crash']} from t0 = {best_run[1]['t0']}"
+        if best_run
+        else "no run blew up"
+    )
     # Per seed: spread of the eigenvalue error across learning rates (time-rescaling check).
     spread = []
     for layers in s["layers"]:
@@ -530,7 +543,7 @@ def reading(result: dict[str, Any]) -> list[str]:
         )
     out += [
         f"- The eigenvalue prediction is early in {early}/{len(prim)} runs at the main t0, and "
-        "its error is U-shaped in t0 (best threshold: "
+        f"its error {shape} in t0 (best threshold: "
         + ", ".join(f"L={k}: {v:g}" for k, v in best.items())
         + "). Too early: lam_max is the growth rate of the most unstable mode only, and while "
         "theta is still turning toward its divergent direction the residual has weight on slower "
@@ -546,12 +559,16 @@ def reading(result: dict[str, Any]) -> list[str]:
         "error is set by the seed (initialisation and walk) and by the choice of t0, not by lr. "
         + worst_txt,
         "- The fit predictors need their window to lie on the asymptotic line already; at the "
-        "thresholds where the eigenvalue does best, Q^-(2L-2)/L is still curving there, so "
-        "extrapolating the average slope of the window predicts too early. The eigenvalue "
-        "needs only one Gram matrix at t0 and is the better early predictor here.",
-        "- The paper-side numpy check (5806 vs 5813) corresponds to a late t0 with a long "
-        "horizon; our best cases are of that quality (see the main table), the typical case "
-        "is within ~10%.",
+        "thresholds where the eigenvalue does best, Q^-(2L-2)/L is still curving there and "
+        "extrapolating the window's average slope mostly predicts too early (the long window "
+        "more so). They improve as t0 moves later, where they meet the discrete-step floor too. "
+        "The eigenvalue needs one Gram matrix at t0 and is the better early predictor here.",
+        f"- seem.md's numpy check predicted 5806 vs 5813 (L=2); {best_txt}. Median errors at "
+        "the main t0 are "
+        + ", ".join(
+            f"L={k}: {fmt(_primary(result, k)['median_abs_eig'], '.1%')}" for k in s["layers"]
+        )
+        + "; a seed whose Q first collapses toward 0 before diverging is off by the most.",
     ]
     return out
 
