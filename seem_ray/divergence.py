@@ -246,6 +246,8 @@ class CompositePredictor(_Latching):
             SEEM streak; healthy critics learning from a near-zero start grow about linearly
             and then settle.
         growth_order: growth order the growth predictor alone needs (sustained).
+        min_q_fraction: soft (SEEM/growth) verdicts only once |mean Q| >= this x q_bound: the
+            growth order of a |Q| still near its zero initialisation is noise.
     """
 
     def __init__(
@@ -260,8 +262,10 @@ class CompositePredictor(_Latching):
         confirm_order: float = 1.5,
         growth_order: float = 2.0,
         use_growth: bool = True,
+        min_q_fraction: float = 0.01,
     ) -> None:
         super().__init__()
+        self.min_q = min_q_fraction * q_bound
         self.bound = QBoundPredictor(q_bound, q_bound_factor)
         self.seem = SeemPredictor(seem_threshold, patience)
         self.growth = GrowthPredictor(
@@ -280,8 +284,9 @@ class CompositePredictor(_Latching):
             return self._flag(step, hard.reason or M.REASON_Q_BOUND, hard.since or step)
         self.seem.update(step, metrics)
         g = self.growth.update(step, metrics)
-        if step < self.grace_steps:
-            return self.verdict
+        q = metrics.get(M.Q_MEAN)
+        if step < self.grace_steps or not _finite(q) or abs(q) < self.min_q:  # type: ignore[arg-type]
+            return self.verdict  # growth orders of a |Q| still near its zero start are noise
         order = self.growth.order()
         if self.seem.persistent and order is not None and order >= self.confirm_order:
             return self._flag(

@@ -101,7 +101,7 @@ def _load_with_fallback(checkpoint: Checkpoint, fingerprint: str) -> dict[str, A
         if "different configuration" in str(err) or not parent.is_dir():
             raise
         for older in sorted(parent.glob("checkpoint_*"), reverse=True):
-            if older.resolve() == Path(checkpoint.path).resolve():
+            if not older.is_dir() or older.resolve() == Path(checkpoint.path).resolve():
                 continue
             try:
                 state = load_checkpoint(older, fingerprint)

@@ -1,5 +1,6 @@
 """Fault suite for sweeps: a killed sweep driver resumed with --resume, a trial whose critic
-blows up to NaN next to a healthy one, and a Ray Train run resumed from a truncated checkpoint.
+blows up to NaN next to a healthy one, and a Ray Train run resumed from a truncated checkpoint
+(falls back to the older one; one clear line when none is good).
 
 Where it sits: the outermost layer (CLI -> Ray Tune -> Ray Train trials -> MLflow/summary.json),
 exercised the way things fail in practice. Run with ``make test-faults`` (marker ``faults``).
@@ -209,6 +210,9 @@ def test_killed_sweep_driver_resumes_to_a_complete_consistent_sweep(
         RAY_TMPDIR=ray_tmp,
         RAY_USAGE_STATS_ENABLED="0",
         RAY_TRAIN_HEALTH_CHECK_INTERVAL_S="0.2",
+        # Tune saves its experiment state every 10+ s by default; sooner keeps the wait for a
+        # saved verdict short (and reachable on a fast machine where trials take seconds).
+        TUNE_GLOBAL_CHECKPOINT_S="2",
     )
     work = tmp_path / "cwd"  # whatever a driver drops in its working folder stays in tmp
     work.mkdir()
