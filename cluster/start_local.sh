@@ -24,6 +24,14 @@
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 RAY=${RAY:-$REPO/.venv/bin/ray}
+# Ray 2.60 turns token authentication on for a head node when a token already exists
+# (~/.ray/auth_token) but not for a node joining it, which then fails with InvalidAuthToken.
+# Decide once, for every node this script starts.
+if [ -z "${RAY_AUTH_MODE:-}" ]; then
+  if [ -n "${RAY_AUTH_TOKEN:-}" ] || [ -s "${RAY_AUTH_TOKEN_PATH:-$HOME/.ray/auth_token}" ]; then
+    export RAY_AUTH_MODE=token
+  fi
+fi
 PORT=6379
 HEAD_CPUS=""
 WORKERS=""

@@ -80,6 +80,9 @@ def test_sweep_through_the_submit_entry_point_on_a_two_node_cluster(
     port = free_port()
     address = f"127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    # One auth mode for every process of this private loopback cluster: Ray 2.60 otherwise picks
+    # token auth for some processes (when ~/.ray/auth_token exists) and none for others.
+    env["RAY_AUTH_MODE"] = "disabled"
     env.update(
         RAY=str(RAY),
         MINARI_DATASETS_PATH=str(shared_datasets),
