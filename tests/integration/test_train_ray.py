@@ -159,12 +159,20 @@ def test_two_workers_match_one_worker_on_the_concatenated_batch(
 
 
 def _train_worker_pids() -> list[int]:
+    """RayTrainWorker processes of THIS test's Ray session only (the machine may run others)."""
     import psutil
+    import ray
 
+    session = ray._private.worker._global_node.get_session_dir_path()
     pids = []
     for proc in psutil.process_iter(["pid", "cmdline"]):
-        cmd = " ".join(proc.info.get("cmdline") or [])
-        if "RayTrainWorker" in cmd:
+        if "RayTrainWorker" not in " ".join(proc.info.get("cmdline") or []):
+            continue
+        try:
+            ancestors = proc.parents()
+        except psutil.Error:
+            continue
+        if any(session in " ".join(a.cmdline()) for a in ancestors if a.is_running()):
             pids.append(proc.info["pid"])
     return pids
 
