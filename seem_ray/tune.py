@@ -80,7 +80,6 @@ def trial_config(config: dict[str, Any]) -> Any:
 def run_trial(config: dict[str, Any]) -> None:
     """Tune function trainable: one Ray Train fit per trial (resumes its own last checkpoint)."""
     from ray import tune
-    from ray.tune.integration.ray_train import TuneReportCallback
 
     from seem_ray.data.generate import ensure_dataset
     from seem_ray.train import make_trainer
@@ -93,10 +92,85 @@ def run_trial(config: dict[str, Any]) -> None:
     if done is not None:  # restored sweep: the driver died after this trial's last step
         tune.report(done)
         return
+    marker = storage / _STOP_MARKER
+    marker.unlink(missing_ok=True)  # a restored trial runs again
     trainer = make_trainer(
-        cfg, name="train", storage_path=storage, callbacks=[TuneReportCallback()]
+        cfg, name="train", storage_path=storage, callbacks=[_report_callback(marker)]
     )
     trainer.fit()
+
+
+# Why the next two classes exist: Tune stops a trial by ending its actor. The Train controller
+# that actor started dies with it, but the placement group holding the Train workers' CPUs is
+# scoped to the sweep's driver job, so it stays reserved until the sweep ends: after a few
+# stopped trials the cluster has no CPU left and the next trial waits forever. Worse, the
+# controller is by then stuck handing its next report to the stopped trial (a one-slot queue
+# nobody reads any more), so it could not even be aborted. So: the first report carries the
+# controller's handle to the trial; when Tune stops the trial, the trial drops a marker file
+# (the controller runs on the trial's node) that makes the controller discard further reports,
+# then aborts the controller, which releases the placement group.
+_CONTROLLER_KEY = "_seem_ray_train_controller"
+_STOP_MARKER = "stop_requested"
+
+
+def _report_callback(stop_marker: Path) -> Any:
+    """A TuneReportCallback (it runs in the Train controller) that names the controller in its
+    first report and stops forwarding reports once the trial asks the run to stop."""
+    import ray
+    from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY, TuneReportCallback
+    from ray.util.queue import Full
+
+    class ReportToStoppableTrial(TuneReportCallback):
+        def __init__(self) -> None:
+            super().__init__()
+            self._named = False
+
+        def after_report(self, run_context: Any, metrics: list, checkpoint: Any) -> None:
+            item = dict(metrics[0])  # a copy: Train's own record keeps plain floats
+            if checkpoint:
+                item[CHECKPOINT_PATH_KEY] = checkpoint.path
+            if not self._named:
+                self._named = True
+                item[_CONTROLLER_KEY] = ray.get_runtime_context().current_actor
+            while not stop_marker.exists():
+                try:
+                    self._training_actor_item_queue.put(item, timeout=1.0)
+                    return
+                except Full:  # the trial has not taken the last report yet
+                    continue
+
+    return ReportToStoppableTrial()
+
+
+def trial_trainable() -> type:
+    """run_trial as a Tune trainable that aborts its Train run when Tune stops the trial."""
+    from ray.tune.trainable import wrap_function
+
+    class Trial(wrap_function(run_trial)):
+        _controller: Any = None
+
+        def step(self) -> dict[str, Any]:
+            result = super().step()
+            handle = result.pop(_CONTROLLER_KEY, None)
+            if handle is not None:
+                self._controller = handle
+            return result
+
+        def cleanup(self) -> None:
+            if self._controller is not None:
+                import ray
+
+                marker = Path(self.config["train_storage"]) / self.trial_id / _STOP_MARKER
+                try:  # a finished run ignores the abort; a dead controller raises
+                    marker.parent.mkdir(parents=True, exist_ok=True)
+                    marker.touch()
+                    ray.get(self._controller.abort.remote(), timeout=60)
+                except Exception as err:  # noqa: BLE001 - best effort; the trial is ending anyway
+                    log.debug("Train controller abort: %s", err)
+                self._controller = None
+            super().cleanup()
+
+    return Trial
 
 
 def _finished_run_metrics(run_dir: Path, budget: int) -> dict[str, Any] | None:
@@ -241,12 +315,8 @@ def init_ray(address: str | None) -> None:
         )
     runtime_env = {"env_vars": {k: v for k, v in env.items() if v}}
     if address == "local":
-        # Known issue: a trial stopped by the stopper can leave its Ray Train worker's CPU
-        # reservation behind for the rest of the sweep (seen in the demo: the 4th trial never
-        # got a worker). Until that is fixed, a local cluster advertises at least 4 logical CPUs.
         ray.init(
             address="local",
-            num_cpus=max(4, os.cpu_count() or 1),
             include_dashboard=False,
             runtime_env=runtime_env,
             log_to_driver=False,
@@ -285,7 +355,7 @@ def run_sweep(
         if key == "data.dataset":
             for value in spec.values:
                 ensure_dataset(str(value))
-    trainable = tune.with_resources(run_trial, {"cpu": sweep.trial_driver_cpus})
+    trainable = tune.with_resources(trial_trainable(), {"cpu": sweep.trial_driver_cpus})
     started = time.time()
     if resume:
         if not tune.Tuner.can_restore(str(exp_path)):

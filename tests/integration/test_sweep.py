@@ -81,6 +81,25 @@ def test_sweep_summary_and_stopper(smoke_result) -> None:
     assert "stopped as diverging" in summary.table()
 
 
+def test_stopped_trials_release_their_train_workers(smoke_result) -> None:
+    """A trial Tune stops must give back its Train workers' placement group (else later trials
+    of the sweep wait forever for CPUs that nobody uses)."""
+    import ray
+
+    deadline = time.time() + 20
+    while True:
+        held = [
+            pg["bundles"]
+            for pg in ray.util.placement_group_table().values()
+            if pg["state"] != "REMOVED"
+        ]
+        if not held or time.time() > deadline:
+            break
+        time.sleep(0.5)
+    assert held == []
+    assert ray.available_resources().get("CPU") == ray.cluster_resources()["CPU"]
+
+
 def test_mlflow_parent_and_child_runs(smoke_result) -> None:
     from mlflow.tracking import MlflowClient
 
