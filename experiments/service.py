@@ -11,6 +11,7 @@ retrained, so an interrupted `make results` continues where it stopped.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -40,26 +41,22 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# The paper's divergence setting at CPU size (as the README's demo sweep): plain offline TD3
-# (bc_weight 0) with hard target updates and a small critic learning rate, so a critic without
-# LayerNorm diverges within ~1k steps on 2,000 PointMaze transitions. Stopping is off: the
-# experiments watch the whole run.
-DEMO_BASE: dict[str, Any] = {
-    "data": {"dataset": "seem_ray/pointmaze-umaze-dense-v0", "max_transitions": 2000},
-    "algo": {"name": "td3bc", "tau": 1.0, "critic_lr": 3e-5, "td3bc": {"bc_weight": 0.0}},
-    "critic": {"hidden": [256, 256]},
-    "actor": {"hidden": [256, 256]},
-    "seem": {"every": 100, "probe_size": 256},
-    "train": {
-        "steps": 3000,
-        "log_every": 100,
-        "eval_every": 1000,
-        "eval_episodes": 2,
-        "checkpoint_every": 0,
-        "threads": 1,
-    },
-    "stopper": {"kind": "none"},
-}
+def _divergence_setting() -> dict[str, Any]:
+    """The README demo's base run (seem_ray.tune.DEFAULT_SWEEP: plain offline TD3, bc_weight 0,
+    hard target updates, small critic lr, 2,000 PointMaze transitions, so a critic without
+    LayerNorm diverges within ~1k steps) with the stopper off, so experiments watch whole runs,
+    an evaluation every 1,000 steps, and no checkpoints or tracking."""
+    from seem_ray.tune import DEFAULT_SWEEP
+
+    base = copy.deepcopy(DEFAULT_SWEEP["base"])
+    for key in ("scaling", "tracking"):
+        base.pop(key, None)
+    base["train"].update(eval_every=1000, checkpoint_every=0)
+    base["stopper"] = {"kind": "none"}
+    return base
+
+
+DEMO_BASE: dict[str, Any] = _divergence_setting()
 
 
 def demo_base(overrides: Mapping[str, Any] | None = None) -> RunConfig:

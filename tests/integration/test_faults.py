@@ -306,28 +306,22 @@ def ray_session(shared_datasets: Path, tmp_path_factory: pytest.TempPathFactory)
 
     ray_tmp_dir = os.path.realpath(tempfile.mkdtemp(prefix="srf", dir="/tmp"))
     runs = tmp_path_factory.mktemp("fault_runs")
-    keys = ("MINARI_DATASETS_PATH", "SEEM_RAY_RUNS", "MLFLOW_TRACKING_URI", "RAY_TMPDIR")
-    saved = {k: os.environ.get(k) for k in keys}
-    os.environ.update(
-        MINARI_DATASETS_PATH=str(shared_datasets), SEEM_RAY_RUNS=str(runs), RAY_TMPDIR=ray_tmp_dir
-    )
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
     # Callbacks defined in this module travel to Ray by value (tests/ is not importable there).
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     from seem_ray.tune import init_ray
 
-    try:
-        init_ray("local")
-        yield runs
-    finally:
-        ray.shutdown()
-        left = stop_ray_processes(ray_tmp_dir, set())
-        shutil.rmtree(ray_tmp_dir, ignore_errors=True)
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MINARI_DATASETS_PATH", str(shared_datasets))
+        mp.setenv("SEEM_RAY_RUNS", str(runs))
+        mp.setenv("RAY_TMPDIR", ray_tmp_dir)
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        try:
+            init_ray("local")
+            yield runs
+        finally:
+            ray.shutdown()
+            left = stop_ray_processes(ray_tmp_dir, set())
+            shutil.rmtree(ray_tmp_dir, ignore_errors=True)
     assert left == [], f"Ray processes of this session still alive: {left}"
 
 

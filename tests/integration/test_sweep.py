@@ -24,24 +24,18 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 def sweep_env(shared_datasets: Path, tmp_path_factory: pytest.TempPathFactory):
     import ray
 
-    runs = tmp_path_factory.mktemp("runs")
-    saved = {
-        k: os.environ.get(k)
-        for k in ("MINARI_DATASETS_PATH", "SEEM_RAY_RUNS", "MLFLOW_TRACKING_URI")
-    }
-    os.environ["MINARI_DATASETS_PATH"] = str(shared_datasets)
-    os.environ["SEEM_RAY_RUNS"] = str(runs)
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
     from seem_ray.tune import init_ray
 
-    init_ray("local")
-    yield runs
-    ray.shutdown()
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    runs = tmp_path_factory.mktemp("runs")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MINARI_DATASETS_PATH", str(shared_datasets))
+        mp.setenv("SEEM_RAY_RUNS", str(runs))
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        init_ray("local")
+        try:
+            yield runs
+        finally:
+            ray.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -39,26 +39,24 @@ TINY = {
 def ray_session(shared_datasets: Path):
     import ray
 
-    old = os.environ.get("MINARI_DATASETS_PATH")
-    os.environ["MINARI_DATASETS_PATH"] = str(shared_datasets)
     from seem_ray.train import ray_env_vars
 
-    env = {k: v for k, v in ray_env_vars().items() if v}
-    # Worker functions defined in this test module travel by value (tests/ is not importable there).
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    ray.init(
-        address="local",
-        num_cpus=4,
-        include_dashboard=False,
-        runtime_env={"env_vars": env},
-        log_to_driver=False,
-    )
-    yield
-    ray.shutdown()
-    if old is None:
-        os.environ.pop("MINARI_DATASETS_PATH", None)
-    else:
-        os.environ["MINARI_DATASETS_PATH"] = old
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MINARI_DATASETS_PATH", str(shared_datasets))
+        env = {k: v for k, v in ray_env_vars().items() if v}
+        # Worker functions defined in this test module travel by value (tests/ is not importable there).
+        ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+        ray.init(
+            address="local",
+            num_cpus=4,
+            include_dashboard=False,
+            runtime_env={"env_vars": env},
+            log_to_driver=False,
+        )
+        try:
+            yield
+        finally:
+            ray.shutdown()
 
 
 def test_two_workers_train_to_completion_with_checkpoints(ray_session, tmp_path: Path) -> None:
