@@ -60,10 +60,30 @@ def save_checkpoint(directory: str | Path, state: dict[str, Any], fingerprint: s
         if target.exists():
             os.replace(target, directory / PREVIOUS_FILE)
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        disk_error = _os_error_behind(err)
+        if disk_error is not None and disk_error is not err:
+            raise OSError(disk_error.errno, disk_error.strerror) from err
         raise
     return target
+
+
+def _os_error_behind(err: BaseException) -> OSError | None:
+    """The OSError that caused `err`, if any.
+
+    A write that fails inside ``torch.save`` (ENOSPC) reaches us as a RuntimeError from
+    torch's zip writer ("unexpected pos ...") raised while it closes the archive; the disk
+    error is only in the exception's context, and the caller needs it to say "disk full".
+    """
+    chain: list[BaseException] = []
+    current: BaseException | None = err
+    while current is not None and current not in chain:  # a chain can loop back on itself
+        if isinstance(current, OSError):
+            return current
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def load_checkpoint(path: str | Path, fingerprint: str | None = None) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """The `seem-ray` command: sweep | study | train | datasets | seem | ui.
 
 Exit codes: 0 success, 2 bad input (one line on stderr saying what and how to fix it), 1 a run
-that failed for another reason (the log has the details).
+that failed for another reason (the log has the details; a disk that filled up or stopped
+accepting writes mid-run is one line too, saying how to resume).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 from seem_ray.checkpoint import CheckpointError
 from seem_ray.config import ConfigError, load_run_config, parse_set_expressions
 from seem_ray.data.batches import DataError
-from seem_ray.runtime import runs_dir, setup_logging
+from seem_ray.runtime import RunFolderError, StorageError, runs_dir, setup_logging
 
 __all__ = ["main"]
 
@@ -30,6 +31,7 @@ BAD_INPUT: tuple[type[BaseException], ...] = (
     CheckpointError,
     FileExistsError,
     FileNotFoundError,
+    RunFolderError,
 )
 
 
@@ -247,6 +249,9 @@ def run_command(func: Callable[[argparse.Namespace], int], args: argparse.Namesp
             file=sys.stderr,
         )
         return 2
+    except StorageError as err:  # not bad input, but the user must act: one line, no traceback
+        print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

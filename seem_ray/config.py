@@ -118,6 +118,7 @@ class DataConfig:
         if self.max_transitions is not None:
             _require(self.max_transitions >= 2, "max_transitions", self.max_transitions, ">= 2")
         _choice("subsample", self.subsample, SUBSAMPLE_MODES)
+        _require(self.subsample_seed >= 0, "subsample_seed", self.subsample_seed, ">= 0")
         _positive("reward_scale", self.reward_scale)
 
 
@@ -329,6 +330,7 @@ class TrainConfig:
         _require(self.eval_every >= 0, "eval_every", self.eval_every, ">= 0")
         _require(self.eval_episodes >= 0, "eval_episodes", self.eval_episodes, ">= 0")
         _require(self.checkpoint_every >= 0, "checkpoint_every", self.checkpoint_every, ">= 0")
+        _require(self.seed >= 0, "seed", self.seed, ">= 0 (numpy seeds are non-negative)")
         _choice("device", self.device, DEVICES)
         _require(self.threads >= 0, "threads", self.threads, ">= 0 (0 = torch default)")
 
@@ -510,6 +512,7 @@ class OptunaConfig:
 
     def __post_init__(self) -> None:
         _require(len(self.objectives) >= 1, "objectives", self.objectives, "at least one")
+        _require(self.sampler_seed >= 0, "sampler_seed", self.sampler_seed, ">= 0")
         _require(
             len(self.directions) == len(self.objectives),
             "directions",

@@ -15,7 +15,10 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +27,7 @@ import yaml
 
 from seem_ray import metrics as M
 from seem_ray.checkpoint import (
+    CHECKPOINT_FILE,
     CheckpointError,
     config_fingerprint,
     load_latest_good,
@@ -32,7 +36,15 @@ from seem_ray.checkpoint import (
 from seem_ray.config import RunConfig, to_dict
 from seem_ray.divergence import Verdict, build_predictor
 from seem_ray.loop import Report, TrainingRun, prepare_data
-from seem_ray.runtime import atomic_write_text, pick_device, seed_everything, set_threads
+from seem_ray.runtime import (
+    RunFolderError,
+    StorageError,
+    atomic_write_text,
+    pick_device,
+    seed_everything,
+    set_threads,
+    storage_fix,
+)
 
 __all__ = ["RunSummary", "format_progress", "run_local"]
 
@@ -73,15 +85,74 @@ def format_progress(step: int, total: int, m: dict[str, float]) -> str:
 
 
 def _read_history(path: Path, upto_step: int) -> list[dict[str, float]]:
+    """Records up to `upto_step`; a line cut short (disk full, crash mid-append) is dropped."""
     if not path.exists():
         return []
     out = []
-    for line in path.read_text().splitlines():
-        if line.strip():
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
             rec = json.loads(line)
-            if rec.get(M.STEP, 0) <= upto_step:
-                out.append(rec)
+        except json.JSONDecodeError:
+            rec = None
+        if not isinstance(rec, dict):
+            log.warning(
+                "%s line %d is not a JSON record (a write cut short?); dropped", path, number
+            )
+            continue
+        if rec.get(M.STEP, 0) <= upto_step:
+            out.append(rec)
     return out
+
+
+def _check_run_folder(run_dir: Path) -> None:
+    """Refuse, before any data is loaded, a run folder that cannot be created or written."""
+    try:
+        existing = run_dir
+        while not existing.exists():
+            existing = existing.parent
+        if not existing.is_dir():
+            raise RunFolderError(
+                f"run folder {run_dir} cannot be created: {existing} is a file, not a folder; "
+                "choose another --run-dir"
+            )
+        for folder in (existing, run_dir / "checkpoint"):
+            if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
+                raise RunFolderError(
+                    f"run folder {run_dir} cannot be written: {folder} is not writable; "
+                    "choose a writable --run-dir or change its permissions"
+                )
+    except RunFolderError:
+        raise
+    except OSError as err:  # e.g. a parent we may not even look into
+        raise RunFolderError(
+            f"run folder {run_dir} cannot be used: {err.strerror or err}; choose another --run-dir",
+            err.errno,
+        ) from err
+
+
+@contextmanager
+def _disk_errors_as(
+    error: type[StorageError], what: str, then: str, folder: Path
+) -> Iterator[None]:
+    """Turn an OSError in the block into one `error` line: what failed, why, what to do."""
+    try:
+        yield
+    except StorageError:
+        raise
+    except OSError as err:
+        reason = err.strerror or str(err) or type(err).__name__
+        raise error(f"{what}: {reason}; {storage_fix(err, folder)}, {then}", err.errno) from err
+
+
+def _resume_hint(run_dir: Path, last_saved: int | None) -> str:
+    if last_saved is None:
+        return f"then delete {run_dir} and start again (no checkpoint was saved yet)"
+    return (
+        f"then continue from the last good checkpoint (step {last_saved}) with "
+        f"`seem-ray train {run_dir / 'config.yaml'} --run-dir {run_dir} --resume`"
+    )
 
 
 def _json_float(x: float) -> float | str:
@@ -99,6 +170,7 @@ def run_local(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False) -> R
     run_dir = Path(run_dir).resolve()
     ckpt_dir = run_dir / "checkpoint"
     metrics_path = run_dir / "metrics.jsonl"
+    _check_run_folder(run_dir)
     if resume:
         if not any((ckpt_dir / f).exists() for f in ("state.pt", "state.prev.pt")):
             raise CheckpointError(
@@ -121,10 +193,17 @@ def run_local(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False) -> R
         run.load_state_dict(state)
         history = _read_history(metrics_path, run.step)
         log.info("resuming %s from step %d", run_dir, run.step)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    # Rewrite the metrics file up to the checkpoint: steps after it will be trained again.
-    atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in history))
+    with _disk_errors_as(
+        RunFolderError,
+        f"could not write the run folder {run_dir}",
+        "or choose another --run-dir",
+        run_dir,
+    ):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        # Rewrite the metrics file up to the checkpoint: steps after it will be trained again.
+        atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in history))
+    last_saved = run.step if resume else None
 
     predictor = build_predictor(cfg.stopper, data.q_bound)
     verdict = Verdict()
@@ -144,15 +223,30 @@ def run_local(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False) -> R
     )
 
     def on_report(r: TrainingRun, rep: Report) -> bool:
-        nonlocal verdict
+        nonlocal verdict, last_saved
         record = dict(rep.metrics)
         if predictor is not None:
             verdict = predictor.update(rep.step, record)
-        with metrics_path.open("a") as fh:
+        with (
+            _disk_errors_as(
+                StorageError,
+                f"could not append to {metrics_path} at step {rep.step}",
+                _resume_hint(run_dir, last_saved),
+                run_dir,
+            ),
+            metrics_path.open("a") as fh,
+        ):
             fh.write(json.dumps({k: _json_float(v) for k, v in record.items()}) + "\n")
         history.append(record)
         if rep.checkpoint_due or verdict.diverging:
-            save_checkpoint(ckpt_dir, r.state_dict(), fingerprint)
+            with _disk_errors_as(
+                StorageError,
+                f"could not write checkpoint {ckpt_dir / CHECKPOINT_FILE} at step {rep.step}",
+                _resume_hint(run_dir, last_saved),
+                ckpt_dir,
+            ):
+                save_checkpoint(ckpt_dir, r.state_dict(), fingerprint)
+            last_saved = rep.step
         line = format_progress(rep.step, cfg.train.steps, record)
         if verdict.diverging:
             line += f" | DIVERGING ({verdict.reason}, since step {verdict.since})"
@@ -183,7 +277,14 @@ def run_local(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False) -> R
         "seem_share": round(summary.seem_share, 4),
         "final_metrics": {k: _json_float(v) for k, v in summary.final_metrics.items()},
     }
-    atomic_write_text(run_dir / "summary.json", json.dumps(body, indent=2) + "\n")
+    summary_path = run_dir / "summary.json"
+    with _disk_errors_as(
+        StorageError,
+        f"training finished ({steps} steps) but {summary_path} could not be written",
+        _resume_hint(run_dir, last_saved),
+        run_dir,
+    ):
+        atomic_write_text(summary_path, json.dumps(body, indent=2) + "\n")
     log.info(
         "done: %d steps in %.1fs, stop reason %s, SEEM share of wall time %.1f%%",
         steps,

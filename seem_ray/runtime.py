@@ -5,6 +5,7 @@ Sits under every stage of the flow; imports nothing from Ray/MLflow/Optuna.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import random
@@ -15,6 +16,9 @@ import torch
 
 __all__ = [
     "PROJECT_ROOT",
+    "RunFolderError",
+    "StorageError",
+    "storage_fix",
     "datasets_dir",
     "pick_device",
     "runs_dir",
@@ -25,6 +29,35 @@ __all__ = [
 ]
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class StorageError(OSError):
+    """A run's file could not be written (full disk, read-only or blocked folder).
+
+    ``str()`` is one line: the path, the OS's reason and what to do; ``errno`` is the OS's code,
+    so callers can still tell a full disk (ENOSPC) from a permission problem.
+    """
+
+    def __init__(self, message: str, os_errno: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = os_errno
+
+
+class RunFolderError(StorageError):
+    """The run folder cannot be created or written before training starts: a bad --run-dir."""
+
+
+_DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
+_NOT_WRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS}
+
+
+def storage_fix(err: OSError, folder: Path) -> str:
+    """What the user can do about a failed write into `folder`, judged by the OS's errno."""
+    if err.errno in _DISK_FULL:
+        return f"free disk space where {folder} lives"
+    if err.errno in _NOT_WRITABLE:
+        return f"make {folder} writable"
+    return f"check the disk holding {folder}"
 
 
 def seed_everything(seed: int) -> torch.Generator:

@@ -9,13 +9,18 @@ from __future__ import annotations
 import json
 import math
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
-from seem_ray.config import ConfigError
+from seem_ray.config import SUBSAMPLE_MODES, ConfigError
 from seem_ray.data.batches import DataError, Transitions
 from seem_ray.data.minari import (
     DatasetInfo,
@@ -27,7 +32,7 @@ from seem_ray.data.minari import (
     q_bound,
 )
 from seem_ray.data.normalize import StateNormalizer
-from seem_ray.data.subsample import subsample
+from seem_ray.data.subsample import subsample, subsample_index
 
 # --------------------------------------------------------------------------------------------
 # helpers
@@ -467,3 +472,264 @@ def test_normalizer_constant_dim_and_identity_and_roundtrip() -> None:
         StateNormalizer.from_dict({"mean": [0.0]})
     with pytest.raises(DataError):
         StateNormalizer(mean=np.zeros(2), std=np.array([1.0, 0.0]))
+
+
+# --------------------------------------------------------------------------------------------
+# properties: whatever the arrays, consistent finite data or exactly one DataError line
+# --------------------------------------------------------------------------------------------
+
+FIELD_NDIM = {
+    "observations": 2,
+    "actions": 2,
+    "rewards": 1,
+    "next_observations": 2,
+    "terminals": 1,
+    "timeouts": 1,
+}
+POISON = (np.nan, np.inf, -np.inf)
+
+
+@st.composite
+def _array(draw: st.DrawFn, shape: tuple[int, ...]) -> np.ndarray:
+    """A numeric array of `shape`, sometimes with one NaN/inf in it."""
+    dtype = draw(st.sampled_from([np.float32, np.float64, np.int64, np.bool_]))
+    if dtype is np.bool_:
+        elements = st.booleans()
+    elif dtype is np.int64:
+        elements = st.integers(-1000, 1000)
+    else:
+        elements = st.floats(-1e3, 1e3, width=32 if dtype is np.float32 else 64)
+    arr = draw(hnp.arrays(dtype, shape, elements=elements))
+    if arr.size and arr.dtype.kind == "f" and draw(st.integers(0, 9)) == 0:
+        arr.flat[draw(st.integers(0, arr.size - 1))] = draw(st.sampled_from(POISON))
+    return arr
+
+
+@st.composite
+def _transition_arrays(draw: st.DrawFn) -> dict[str, np.ndarray]:
+    """Mostly well-shaped arrays; each field now and then gets an arbitrary shape instead."""
+    n = draw(st.integers(0, 5))
+    width = {"observations": draw(st.integers(0, 3)), "actions": draw(st.integers(0, 3))}
+    width["next_observations"] = width["observations"]
+    arrays = {}
+    for name, ndim in FIELD_NDIM.items():
+        shape = (n,) if ndim == 1 else (n, width[name])
+        if draw(st.integers(0, 9)) == 0:
+            shape = draw(hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=4))
+        arrays[name] = draw(_array(shape))
+    return arrays
+
+
+def _should_be_valid(a: dict[str, np.ndarray]) -> bool:
+    """Independent statement of a valid dataset: N >= 1 rows everywhere, the documented
+    ranks, at least one observation and one action column, matching obs/next_obs widths,
+    and every value finite."""
+    n = a["rewards"].shape[0] if a["rewards"].ndim == 1 else 0
+    return (
+        n >= 1
+        and all(a[k].ndim == d and a[k].shape[0] == n for k, d in FIELD_NDIM.items())
+        and a["observations"].shape[1] >= 1
+        and a["actions"].shape[1] >= 1
+        and a["next_observations"].shape[1] == a["observations"].shape[1]
+        and all(np.isfinite(v).all() for v in a.values())
+    )
+
+
+@settings(max_examples=100, deadline=None)
+@given(arrays=_transition_arrays())
+def test_transitions_are_consistent_or_one_data_error(arrays: dict[str, np.ndarray]) -> None:
+    try:
+        t = Transitions(**arrays)
+    except DataError as err:
+        message = str(err)
+        assert message and "\n" not in message
+        assert not _should_be_valid(arrays), f"valid data refused: {message}"
+        return
+    assert _should_be_valid(arrays), "invalid data accepted"
+    n = len(t)
+    assert all(getattr(t, k).shape[0] == n for k in FIELD_NDIM)
+    assert t.obs_dim >= 1 and t.act_dim >= 1 and t.next_observations.shape[1] == t.obs_dim
+    assert all(np.isfinite(getattr(t, k)).all() for k in FIELD_NDIM)
+
+
+class _StoredDataset:
+    """What `minari.load_dataset` hands back, holding arrays chosen by the test."""
+
+    def __init__(self, obs_space: gym.Space, act_space: gym.Space, episodes: list) -> None:
+        from types import SimpleNamespace
+
+        self.observation_space, self.action_space = obs_space, act_space
+        self.episodes = episodes
+        self.total_episodes = len(episodes)
+        self.storage = SimpleNamespace(metadata={})
+        self.env_spec = None
+
+    def iterate_episodes(self) -> Iterator[Any]:
+        yield from self.episodes
+
+
+# Ways stored data can disagree with itself or its spaces; each must end in a DataError.
+DAMAGED_VALUES = (
+    "nan_observation",
+    "inf_reward",
+    "nan_action",
+    "observation_beyond_float32",
+    "reward_beyond_float32",
+    "observation_rows",
+    "observation_width",
+    "action_width",
+    "reward_count",
+    "termination_count",
+    "action_outside_bound",
+)
+DAMAGED_LAYOUT = (
+    "no_episodes",
+    "only_empty_episodes",
+    "zero_width_actions",
+    "zero_width_observations",
+    "asymmetric_action_space",
+    "matrix_action_space",
+)
+
+
+@st.composite
+def _stored_dataset(draw: st.DrawFn) -> tuple[_StoredDataset, str | None, list[dict]]:
+    """(dataset, damage or None, the episodes as plain arrays for an independent flattening)."""
+    damage = draw(st.one_of(st.none(), st.sampled_from(DAMAGED_VALUES + DAMAGED_LAYOUT)))
+    obs_dim = 0 if damage == "zero_width_observations" else draw(st.integers(1, 4))
+    act_dim = 0 if damage == "zero_width_actions" else draw(st.integers(1, 3))
+    bound = draw(st.sampled_from([0.5, 1.0, 2.0]))
+    lengths = [draw(st.integers(1, 5))] + draw(st.lists(st.integers(0, 5), max_size=2))
+    if damage == "only_empty_episodes":
+        lengths = [0] * len(lengths)
+    if damage == "no_episodes":
+        lengths = []
+    flat_actions = act_dim == 1 and draw(st.booleans())  # Minari may store 1-D actions
+    floats = st.floats(-100, 100)
+    episodes = []
+    for length in lengths:
+        act_shape = (length,) if flat_actions else (length, act_dim)
+        episodes.append(
+            {
+                "observations": draw(
+                    hnp.arrays(np.float64, (length + 1, obs_dim), elements=floats)
+                ),
+                "actions": draw(
+                    hnp.arrays(np.float32, act_shape, elements=st.floats(-bound, bound, width=32))
+                ),
+                "rewards": draw(hnp.arrays(np.float64, length, elements=st.floats(-10, 10))),
+                "terminations": draw(hnp.arrays(np.bool_, length)),
+                "truncations": draw(hnp.arrays(np.bool_, length)),
+            }
+        )
+    act_space = gym.spaces.Box(-bound, bound, (act_dim,), np.float32)
+    if damage == "asymmetric_action_space":
+        act_space = gym.spaces.Box(-bound, 2 * bound, (act_dim,), np.float32)
+    if damage == "matrix_action_space":
+        act_space = gym.spaces.Box(-bound, bound, (act_dim, 2), np.float32)
+    if episodes and damage in DAMAGED_VALUES:
+        ep = episodes[0]  # the first episode has at least one step
+        row = draw(st.integers(0, len(ep["rewards"]) - 1))
+        if damage == "nan_observation":
+            ep["observations"][row, draw(st.integers(0, obs_dim - 1))] = np.nan
+        elif damage == "inf_reward":
+            ep["rewards"][row] = draw(st.sampled_from([np.inf, -np.inf]))
+        elif damage == "nan_action":
+            ep["actions"].reshape(len(ep["rewards"]), -1)[row, 0] = np.nan
+        elif damage == "observation_beyond_float32":
+            ep["observations"][row, 0] = 1e39
+        elif damage == "reward_beyond_float32":
+            ep["rewards"][row] = -1e39
+        elif damage == "observation_rows":
+            ep["observations"] = ep["observations"][: -draw(st.integers(1, 2))]
+        elif damage == "observation_width":
+            ep["observations"] = np.concatenate([ep["observations"], ep["observations"][:, :1]], 1)
+        elif damage == "action_width":
+            ep["actions"] = np.zeros((len(ep["rewards"]), act_dim + 1), np.float32)
+        elif damage == "reward_count":
+            ep["rewards"] = np.append(ep["rewards"], 0.0)
+        elif damage == "termination_count":
+            ep["terminations"] = ep["terminations"][1:]
+        elif damage == "action_outside_bound":
+            ep["actions"].reshape(len(ep["rewards"]), -1)[row, 0] = 1.5 * bound
+    obs_space = gym.spaces.Box(-np.inf, np.inf, (obs_dim,), np.float64)
+    from minari.dataset.episode_data import EpisodeData
+
+    stored = [EpisodeData(id=i, infos={}, **ep) for i, ep in enumerate(episodes)]
+    return _StoredDataset(obs_space, act_space, stored), damage, episodes
+
+
+@pytest.fixture(scope="module")
+def stored_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A dataset root in which `prop/stored-v0` exists as a folder (its content comes from the test)."""
+    root = tmp_path_factory.mktemp("datasets")
+    (root / "prop" / "stored-v0" / "data").mkdir(parents=True)
+    return root
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=_stored_dataset())
+def test_load_transitions_is_consistent_or_one_data_error(
+    stored_root: Path, case: tuple[_StoredDataset, str | None, list[dict]]
+) -> None:
+    import minari
+
+    dataset, damage, episodes = case
+    with pytest.MonkeyPatch.context() as mp, warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # float64 -> float32 overflow is the point
+        mp.setenv("MINARI_DATASETS_PATH", str(stored_root))
+        mp.setattr(minari, "load_dataset", lambda *args, **kwargs: dataset)
+        try:
+            data, info = load_transitions("prop/stored-v0")
+        except DataError as err:
+            message = str(err)
+            assert "\n" not in message and "prop/stored-v0" in message
+            assert damage is not None, f"good data refused: {message}"
+            return
+    assert damage is None, f"{damage} went unnoticed"
+    ref = _naive(episodes)
+    n = sum(len(e["rewards"]) for e in episodes)
+    assert len(data) == info.n_transitions == n
+    assert all(getattr(data, k).shape[0] == n for k in FIELD_NDIM)
+    assert all(np.isfinite(getattr(data, k)).all() for k in FIELD_NDIM)
+    np.testing.assert_array_equal(data.observations, ref["o"].astype(np.float32))
+    np.testing.assert_array_equal(data.next_observations, ref["n"].astype(np.float32))
+    np.testing.assert_array_equal(data.actions, ref["a"].reshape(n, -1))
+    np.testing.assert_array_equal(data.rewards, ref["r"].astype(np.float32))
+    np.testing.assert_array_equal(data.terminals, ref["t"])
+    np.testing.assert_array_equal(data.timeouts, ref["u"])
+    assert np.abs(data.actions).max() <= info.max_action
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    n=st.integers(1, 3000),
+    fraction=st.floats(0.0, 1.0, exclude_min=True),
+    cap=st.one_of(st.none(), st.integers(2, 5000)),
+    mode=st.sampled_from(SUBSAMPLE_MODES),
+    seed=st.integers(0, 2**63 - 1),
+)
+def test_subsample_index_follows_its_rule(
+    n: int, fraction: float, cap: int | None, mode: str, seed: int
+) -> None:
+    index = subsample_index(n, fraction=fraction, max_transitions=cap, mode=mode, seed=seed)
+    expected = min(n, max(1, round(fraction * n)), n if cap is None else cap)
+    assert index.dtype == np.int64 and index.shape == (expected,)
+    assert np.all(np.diff(index) > 0)  # unique and in dataset order
+    assert index[0] >= 0 and index[-1] < n
+    again = subsample_index(n, fraction=fraction, max_transitions=cap, mode=mode, seed=seed)
+    np.testing.assert_array_equal(index, again)
+    if mode == "first" or expected == n:
+        np.testing.assert_array_equal(index, np.arange(expected))
+    rows = subsample(
+        _transitions(n), fraction=fraction, max_transitions=cap, mode=mode, seed=seed
+    ).rewards
+    np.testing.assert_array_equal(rows, index.astype(np.float32))  # rewards hold row ids
+
+
+@pytest.mark.parametrize("key", ["data.subsample_seed", "train.seed"])
+def test_negative_seed_is_a_config_error(key: str) -> None:
+    from seem_ray.config import apply_overrides, parse_run_config
+
+    with pytest.raises(ConfigError, match=key.split(".")[1]):
+        apply_overrides(parse_run_config({}), {key: -1})

@@ -35,6 +35,11 @@ class Transitions:
     timeouts: np.ndarray  # [N] in {0, 1}
 
     def __post_init__(self) -> None:
+        if self.rewards.ndim != 1:  # len() of a 0-d array is a TypeError, not a clear message
+            raise DataError(
+                f"rewards has shape {self.rewards.shape}; expected one value per transition: "
+                "the dataset is malformed"
+            )
         n = len(self.rewards)
         if n == 0:
             raise DataError(
@@ -57,6 +62,12 @@ class Transitions:
                 bad = int(np.argwhere(~np.isfinite(arr).reshape(n, -1).all(axis=1))[0][0])
                 raise DataError(
                     f"{name} contains NaN/inf (first at transition {bad}): clean or regenerate the dataset"
+                )
+        for name in ("observations", "actions"):
+            if getattr(self, name).shape[1] == 0:  # nothing to learn from or act with
+                raise DataError(
+                    f"{name} have 0 columns (shape {getattr(self, name).shape}): the dataset's "
+                    "space is empty or malformed; regenerate it or pick another id"
                 )
         if self.next_observations.shape[1] != self.observations.shape[1]:
             raise DataError(

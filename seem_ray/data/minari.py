@@ -180,9 +180,9 @@ def open_dataset(dataset_id: str, *, download: bool = False) -> Any:
 
 
 def _max_action(dataset_id: str, space: gym.Space) -> float:
-    if not isinstance(space, gym.spaces.Box) or len(space.shape) != 1:
+    if not isinstance(space, gym.spaces.Box) or len(space.shape) != 1 or space.shape[0] == 0:
         raise DataError(
-            f"dataset {dataset_id!r}: action space {space} is not a 1-D Box; "
+            f"dataset {dataset_id!r}: action space {space} is not a non-empty 1-D Box; "
             "only continuous vector actions are supported"
         )
     low = np.asarray(space.low, dtype=np.float64)
