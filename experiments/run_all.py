@@ -11,8 +11,7 @@ An experiment is a module `experiments.<name>` listed in EXPERIMENTS with
     main(argv: Sequence[str] | None) -> dict          (takes --quick, --figures DIR, --json PATH),
     summary_rows(result: dict) -> list[SummaryRow],
     report_section(result: dict, figures_rel: str) -> str   (markdown, starting with "## <n>.").
-Sections not yet implemented appear as PENDING rows; adding a module means appending its name
-to EXPERIMENTS and removing its PENDING row.
+A listed experiment without its JSON is named in the report as not run, never silently dropped.
 """
 
 from __future__ import annotations
@@ -34,51 +33,15 @@ import torch
 from experiments.common import FIGURES_DIR, SummaryRow, prepare_torch, results_path
 from seem_ray.runtime import PROJECT_ROOT, atomic_write_text, runs_dir
 
-EXPERIMENTS: tuple[str, ...] = ("growth_order", "sgd_crash")
-
-PENDING: tuple[SummaryRow, ...] = (
-    SummaryRow(
-        "1",
-        "SEEM > 0 flags divergence early: ~0 for converging critics, 0.1-0.8 for diverging "
-        "ones, before Q crosses the return bound",
-        "pending: see docs/calibration.md (calibration runs in progress)",
-        "pending",
-    ),
-    SummaryRow(
-        "4",
-        "A critical discount exists (walker2d-medium-expert: diverges for gamma >= 0.928, "
-        "converges for gamma <= 0.927)",
-        "not yet run",
-        "pending",
-    ),
-    SummaryRow(
-        "5",
-        "LayerNorm (Linear -> LN -> ReLU in every hidden layer) prevents divergence; placement "
-        "matters",
-        "not yet run",
-        "pending",
-    ),
-    SummaryRow(
-        "6",
-        "LN is ~neutral on full datasets and helps most on small (10%, 1%) subsets",
-        "not yet run",
-        "pending",
-    ),
-    SummaryRow(
-        "7",
-        "Stopping predicted divergers early saves compute without losing good trials",
-        "pending: see the stopper benchmark (benchmarks/bench_stopper.py; results to be linked)",
-        "pending",
-    ),
+EXPERIMENTS: tuple[str, ...] = (
+    "seem_vs_bound",
+    "growth_order",
+    "sgd_crash",
+    "gamma_threshold",
+    "norm_placement",
+    "small_data",
+    "stopper_value",
 )
-
-PENDING_TITLES = {
-    "1": "SEEM vs the Q bound",
-    "4": "Critical discount (gamma threshold)",
-    "5": "Normalization placement",
-    "6": "Small datasets",
-    "7": "The stopper's value",
-}
 
 log = logging.getLogger(__name__)
 
@@ -107,8 +70,8 @@ def build_report(
     report_path: Path,
     quick: bool = False,
 ) -> str:
-    """The whole results.md: summary table (measured + pending), one section per experiment."""
-    rows: list[SummaryRow] = list(PENDING)
+    """The whole results.md: summary table, one section per experiment, the ones not run."""
+    rows: list[SummaryRow] = []
     sections: list[tuple[str, str]] = []
     fig_rel = os.path.relpath(figures_dir, report_path.parent)
     for name, result in results.items():
@@ -116,15 +79,10 @@ def build_report(
         mine = mod.summary_rows(result)
         rows += mine
         sections.append((mine[0].section if mine else "99", mod.report_section(result, fig_rel)))
-    for sec, title in PENDING_TITLES.items():
-        if not any(s == sec for s, _ in sections):
-            row = next(r for r in PENDING if r.section == sec)
-            sections.append(
-                (sec, f"## {sec}. {title}\n\n**Claim**: {row.claim}.\n\nStatus: {row.measured}.\n")
-            )
     rows.sort(key=lambda r: _section_key(r.section))
     sections.sort(key=lambda s: _section_key(s[0]))
-    seconds = {n: r.get("seconds") for n, r in results.items()}
+    # Experiments on cached runs report the runs' summed wall time as train_seconds.
+    seconds = {n: r.get("train_seconds", r.get("seconds")) for n, r in results.items()}
     lines = [
         "# Reproducing the paper's findings",
         "",
@@ -146,6 +104,14 @@ def build_report(
         f"| {r.section} | {_cell(r.claim)} | {_cell(r.measured)} | {_cell(r.verdict)} |"
         for r in rows
     ]
+    missing = [n for n in EXPERIMENTS if n not in results]
+    if missing:
+        lines += [
+            "",
+            "**Not run** (no JSON; run `python -m experiments.<name>`): "
+            + ", ".join(missing)
+            + ".",
+        ]
     lines += [
         "",
         "Environment: CPU only, torch "

@@ -41,6 +41,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+
 def _divergence_setting() -> dict[str, Any]:
     """The README demo's base run (seem_ray.tune.DEFAULT_SWEEP: plain offline TD3, bc_weight 0,
     hard target updates, small critic lr, 2,000 PointMaze transitions, so a critic without
