@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,7 @@ __all__ = [
     "SummaryRow",
     "ToyMaze",
     "base_parser",
+    "experiment_main",
     "fmt",
     "num",
     "crash_step_from_eig",
@@ -45,6 +48,8 @@ __all__ = [
 ]
 
 FIGURES_DIR = PROJECT_ROOT / "docs" / "figures"
+
+log = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------- toy problem
@@ -254,6 +259,44 @@ def _finite(obj: Any) -> Any:
     if isinstance(obj, list | tuple):
         return [_finite(v) for v in obj]
     return obj
+
+
+def experiment_main(
+    argv: Sequence[str] | None,
+    *,
+    name: str,
+    doc: str | None,
+    figure: str,
+    run: Callable[[bool], dict[str, Any]],
+    make_figure: Callable[[dict[str, Any], Path], Path],
+) -> dict[str, Any]:
+    """The command line every experiment shares: parse the flags, then either redraw the figure
+    from the saved JSON (--replot) or run (quick or full), write the JSON and draw the figure.
+
+    Args:
+        argv: command-line arguments (None: sys.argv).
+        name: experiment name (JSON default runs/experiments/<name>.json).
+        doc: the module docstring; its first line is the --help description.
+        figure: PNG file name under --figures.
+        run: run(quick) -> the result dict (JSON-able).
+        make_figure: make_figure(result, png_path) -> the written path.
+    """
+    args = base_parser(name, doc.splitlines()[0] if doc else name).parse_args(argv)
+    prepare_torch()
+    json_path = Path(args.json or results_path(name))
+    if args.replot:
+        result = json.loads(json_path.read_text())
+        make_figure(result, Path(args.figures) / figure)
+        return result
+    started = time.perf_counter()
+    result = run(bool(args.quick))
+    result["quick"] = bool(args.quick)
+    result["seconds"] = time.perf_counter() - started
+    fig = make_figure(result, Path(args.figures) / figure)
+    result["figure"] = str(fig)
+    out = write_json(json_path, result)
+    log.info("wrote %s and %s in %.1fs", out, fig, result["seconds"])
+    return result
 
 
 def base_parser(name: str, doc: str) -> argparse.ArgumentParser:

@@ -13,7 +13,6 @@ where the fitted norm line crosses 0 (the initial norm removed).
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -28,15 +27,12 @@ import torch
 from experiments.common import (
     SummaryRow,
     ToyCritic,
-    base_parser,
+    experiment_main,
     fmt,
     linear_fit,
     make_toy_maze,
     num,
-    prepare_torch,
-    results_path,
     td_loss,
-    write_json,
 )
 
 NAME = "growth_order"
@@ -457,24 +453,14 @@ def reading(result: dict[str, Any]) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """CLI entry: run the grid (or the quick one), write the JSON and the figure."""
-    parser = base_parser(NAME, __doc__.splitlines()[0] if __doc__ else NAME)
-    args = parser.parse_args(argv)
-    prepare_torch()
-    json_path = args.json or results_path(NAME)
-    if args.replot:
-        result = json.loads(Path(json_path).read_text())
-        make_figure(result, Path(args.figures) / FIGURE)
-        return result
-    settings = QUICK if args.quick else AdamSettings()
-    t0 = time.perf_counter()
-    result = run(settings)
-    result["quick"] = bool(args.quick)
-    result["seconds"] = time.perf_counter() - t0
-    fig = make_figure(result, Path(args.figures) / FIGURE)
-    result["figure"] = str(fig)
-    out = write_json(json_path, result)
-    log.info("wrote %s and %s in %.1fs", out, fig, result["seconds"])
-    return result
+    return experiment_main(
+        argv,
+        name=NAME,
+        doc=__doc__,
+        figure=FIGURE,
+        run=lambda quick: run(QUICK if quick else AdamSettings()),
+        make_figure=make_figure,
+    )
 
 
 if __name__ == "__main__":

@@ -19,10 +19,8 @@ Per run: first step SEEM > 0 and > 0.05, first step |mean Q on the probe| > q_bo
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,12 +30,9 @@ import numpy as np
 
 from experiments.common import (
     SummaryRow,
-    base_parser,
+    experiment_main,
     fmt,
     num,
-    prepare_torch,
-    results_path,
-    write_json,
 )
 from experiments.service import RunRecord, demo_base, first_step, run_grid, series
 from seem_ray import metrics as M
@@ -579,24 +574,14 @@ def reading(result: dict[str, Any]) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """CLI entry: train the grid (or read cached runs), write the JSON and the figure."""
-    parser = base_parser(NAME, __doc__.splitlines()[0] if __doc__ else NAME)
-    args = parser.parse_args(argv)
-    prepare_torch()
-    json_path = args.json or results_path(NAME)
-    if args.replot:
-        result = json.loads(Path(json_path).read_text())
-        make_figure(result, Path(args.figures) / FIGURE)
-        return result
-    settings = QUICK if args.quick else Settings()
-    t0 = time.perf_counter()
-    result = run(settings, f"{NAME}-quick" if args.quick else NAME)
-    result["quick"] = bool(args.quick)
-    result["seconds"] = time.perf_counter() - t0
-    fig = make_figure(result, Path(args.figures) / FIGURE)
-    result["figure"] = str(fig)
-    out = write_json(json_path, result)
-    log.info("wrote %s and %s in %.1fs", out, fig, result["seconds"])
-    return result
+    return experiment_main(
+        argv,
+        name=NAME,
+        doc=__doc__,
+        figure=FIGURE,
+        run=lambda quick: run(QUICK if quick else Settings(), f"{NAME}-quick" if quick else NAME),
+        make_figure=make_figure,
+    )
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ the steps before t0 and extrapolates to 0.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -33,17 +32,14 @@ import torch
 from experiments.common import (
     SummaryRow,
     ToyCritic,
-    base_parser,
     crash_step_from_eig,
     crash_step_from_fit,
+    experiment_main,
     fmt,
     linear_fit,
     make_toy_maze,
     num,
-    prepare_torch,
-    results_path,
     td_loss,
-    write_json,
 )
 from seem_ray.seem import compute_seem
 
@@ -575,24 +571,14 @@ def reading(result: dict[str, Any]) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """CLI entry: run the grid (or the quick one), write the JSON and the figure."""
-    parser = base_parser(NAME, __doc__.splitlines()[0] if __doc__ else NAME)
-    args = parser.parse_args(argv)
-    prepare_torch()
-    json_path = args.json or results_path(NAME)
-    if args.replot:
-        result = json.loads(Path(json_path).read_text())
-        make_figure(result, Path(args.figures) / FIGURE)
-        return result
-    settings = QUICK if args.quick else SgdSettings()
-    t0 = time.perf_counter()
-    result = run(settings)
-    result["quick"] = bool(args.quick)
-    result["seconds"] = time.perf_counter() - t0
-    fig = make_figure(result, Path(args.figures) / FIGURE)
-    result["figure"] = str(fig)
-    out = write_json(json_path, result)
-    log.info("wrote %s and %s in %.1fs", out, fig, result["seconds"])
-    return result
+    return experiment_main(
+        argv,
+        name=NAME,
+        doc=__doc__,
+        figure=FIGURE,
+        run=lambda quick: run(QUICK if quick else SgdSettings()),
+        make_figure=make_figure,
+    )
 
 
 if __name__ == "__main__":

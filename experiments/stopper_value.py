@@ -20,10 +20,8 @@ Quick: no norm and LN on 2,000 transitions, gamma 0.99, 200 steps.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,12 +32,9 @@ import numpy as np
 from benchmarks.bench_stopper import replay
 from experiments.common import (
     SummaryRow,
-    base_parser,
+    experiment_main,
     fmt,
     num,
-    prepare_torch,
-    results_path,
-    write_json,
 )
 from experiments.service import RunRecord, demo_base, diverged, first_step, run_grid, series
 from seem_ray import metrics as M
@@ -517,33 +512,30 @@ def reading(result: dict[str, Any]) -> list[str]:
     return out
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """CLI entry: train the grid (or the quick one), replay the stoppers, write JSON and figure."""
-    parser = base_parser(NAME, __doc__.splitlines()[0] if __doc__ else NAME)
-    args = parser.parse_args(argv)
-    prepare_torch()
-    json_path = args.json or results_path(NAME)
-    if args.replot:
-        result = json.loads(Path(json_path).read_text())
-        make_figure(result, Path(args.figures) / FIGURE)
-        return result
-    settings = QUICK if args.quick else StopperSettings()
-    t0 = time.perf_counter()
+def run(settings: StopperSettings, experiment: str) -> dict[str, Any]:
+    """Train the grid (cached), replay both stoppers over every run's metric stream."""
     configs = grid(settings)
-    records = run_grid(f"{NAME}-quick" if args.quick else NAME, configs)
-    result: dict[str, Any] = {
+    records = run_grid(experiment, configs)
+    return {
         "settings": asdict(settings),
         "base_config": to_dict(next(iter(configs.values()))),
         "train_seconds": sum(rec.wall_seconds for rec in records.values()),
         **analyse(records),
     }
-    result["quick"] = bool(args.quick)
-    result["seconds"] = time.perf_counter() - t0
-    fig = make_figure(result, Path(args.figures) / FIGURE)
-    result["figure"] = str(fig)
-    out = write_json(json_path, result)
-    log.info("wrote %s and %s in %.1fs", out, fig, result["seconds"])
-    return result
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """CLI entry: train the grid (or the quick one), replay the stoppers, write JSON and figure."""
+    return experiment_main(
+        argv,
+        name=NAME,
+        doc=__doc__,
+        figure=FIGURE,
+        run=lambda quick: run(
+            QUICK if quick else StopperSettings(), f"{NAME}-quick" if quick else NAME
+        ),
+        make_figure=make_figure,
+    )
 
 
 if __name__ == "__main__":
