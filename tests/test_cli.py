@@ -66,6 +66,7 @@ def test_malformed_yaml_config(isolated_env: Path) -> None:
     assert out.returncode == 2 and "malformed YAML" in one_error_line(out)
 
 
+@pytest.mark.faults
 def test_train_then_resume_after_a_truncated_checkpoint(isolated_env: Path) -> None:
     run_dir = isolated_env / "run"
     first = seem_ray("train", *TINY, "--run-dir", str(run_dir), env_root=isolated_env)

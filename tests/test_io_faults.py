@@ -30,6 +30,8 @@ from seem_ray.checkpoint import CHECKPOINT_FILE, PREVIOUS_FILE, load_checkpoint,
 from seem_ray.config import RunConfig, load_run_config, parse_set_expressions
 from seem_ray.runner import run_local
 
+pytestmark = pytest.mark.faults  # `make test-faults` runs these with the kill tests
+
 TINY = [
     "data.max_transitions=300",
     "algo.batch_size=32",

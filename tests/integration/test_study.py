@@ -566,6 +566,7 @@ def _env() -> dict[str, str]:
 
 @pytest.mark.ray
 @pytest.mark.slow
+@pytest.mark.faults
 def test_study_from_cli_survives_kill_9_resumes_and_reports(isolated_env: Path) -> None:
     tmp = isolated_env
     config = _tiny_study_yaml(tmp / "tiny_study.yaml", trials=3)

@@ -175,6 +175,7 @@ def _train_worker_pids() -> list[int]:
     return pids
 
 
+@pytest.mark.faults
 def test_worker_killed_mid_run_resumes_from_last_checkpoint(ray_session, tmp_path: Path) -> None:
     from ray.train import UserCallback
 
