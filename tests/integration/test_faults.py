@@ -180,7 +180,10 @@ def _wait_until_mid_sweep(
     while time.monotonic() < deadline:
         assert proc.poll() is None, "the sweep driver exited before it could be killed"
         children = _children(_sweep_runs(db, name))
-        stopped = [c for c in children if c["tags"].get(M.STOP_REASON) in DIVERGED]
+        # A stopped trial's MLflow run gets its stop_reason tag a moment before its end time.
+        stopped = [
+            c for c in children if c["tags"].get(M.STOP_REASON) in DIVERGED and c["end"] is not None
+        ]
         running = [c for c in children if c["status"] == "RUNNING" and (c["max_step"] or 0) >= 150]
         if stopped and running and _experiment_saved_at(exp) > stopped[0]["end"] / 1000 + 0.5:
             return children
