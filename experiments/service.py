@@ -27,6 +27,7 @@ import yaml
 
 from seem_ray import metrics as M
 from seem_ray.config import RunConfig, apply_overrides, parse_run_config, to_dict
+from seem_ray.runner import read_history
 from seem_ray.runtime import runs_dir
 
 __all__ = [
@@ -80,14 +81,11 @@ class RunRecord:
 
 
 def _history(path: Path) -> list[dict[str, float]]:
-    out = []
-    for line in path.read_text().splitlines():
-        if line.strip():
-            rec = json.loads(line)
-            out.append(
-                {k: float(v) if isinstance(v, int | float | str) else v for k, v in rec.items()}
-            )
-    return out
+    """The run's metric records with non-finite values (written as strings) back as floats."""
+    return [
+        {k: float(v) if isinstance(v, int | float | str) else v for k, v in rec.items()}
+        for rec in read_history(path)
+    ]
 
 
 def _load(name: str, run_dir: Path, cfg: RunConfig) -> RunRecord | None:
@@ -140,10 +138,11 @@ def run_grid(
     """
     base = (root or runs_dir() / "experiments") / experiment
     base.mkdir(parents=True, exist_ok=True)
+    cached = {name: _load(name, base / name, cfg) for name, cfg in configs.items()}
     todo = [
         (name, to_dict(cfg), str(base / name))
         for name, cfg in configs.items()
-        if _load(name, base / name, cfg) is None
+        if cached[name] is None
     ]
     if todo:
         log.info(
@@ -160,7 +159,7 @@ def run_grid(
                     log.info("%s: %d/%d runs done (%s)", experiment, i, len(todo), name)
     out = {}
     for name, cfg in configs.items():
-        rec = _load(name, base / name, cfg)
+        rec = cached[name] or _load(name, base / name, cfg)  # read back only what was trained
         if rec is None:
             raise RuntimeError(f"{experiment}/{name}: the run left no summary in {base / name}")
         out[name] = rec

@@ -46,7 +46,7 @@ from seem_ray.runtime import (
     storage_fix,
 )
 
-__all__ = ["RunSummary", "format_progress", "run_local"]
+__all__ = ["RunSummary", "format_progress", "read_history", "run_local"]
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +84,9 @@ def format_progress(step: int, total: int, m: dict[str, float]) -> str:
     return " | ".join(parts)
 
 
-def _read_history(path: Path, upto_step: int) -> list[dict[str, float]]:
-    """Records up to `upto_step`; a line cut short (disk full, crash mid-append) is dropped."""
+def read_history(path: Path, upto_step: float = math.inf) -> list[dict[str, Any]]:
+    """A run's metrics.jsonl records up to `upto_step`, as written (non-finite values are the
+    strings "nan"/"inf"); a line cut short (disk full, crash mid-append) is dropped."""
     if not path.exists():
         return []
     out = []
@@ -191,7 +192,7 @@ def run_local(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False) -> R
     if resume:
         state = load_latest_good(ckpt_dir, fingerprint)
         run.load_state_dict(state)
-        history = _read_history(metrics_path, run.step)
+        history = read_history(metrics_path, run.step)
         log.info("resuming %s from step %d", run_dir, run.step)
     with _disk_errors_as(
         RunFolderError,
