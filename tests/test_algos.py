@@ -15,7 +15,7 @@ from torch import nn
 
 from seem_ray import metrics as M
 from seem_ray.algos import CQLSAC, IQL, TD3BC, Algorithm, build_algorithm
-from seem_ray.algos.base import OfflineAlgorithm, ensemble_mse, min_over_heads
+from seem_ray.algos.base import LeanAdam, OfflineAlgorithm, ensemble_mse, min_over_heads
 from seem_ray.algos.cqlsac import cql_penalty, sac_actor_loss, temperature_loss
 from seem_ray.algos.iql import awr_actor_loss, awr_weights, expectile_loss
 from seem_ray.algos.td3bc import smoothed_target_action, td3bc_actor_loss
@@ -184,6 +184,63 @@ def test_sac_losses_by_hand() -> None:
 # --------------------------------------------------------------------------------------------
 # The update against a naive, independent re-computation
 # --------------------------------------------------------------------------------------------
+
+
+def _adam_pair() -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    torch.manual_seed(0)
+    shapes = [(2, 5, 7), (2, 1, 7), (7,), ()]
+    ours = [nn.Parameter(torch.randn(s)) for s in shapes]
+    ref = [nn.Parameter(p.detach().clone()) for p in ours]
+    return ours, ref
+
+
+def _adam_steps(opts: list[torch.optim.Optimizer], pairs: list, n: int, seed: int) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(n):
+        grads = [torch.randn(p.shape, generator=gen) for p in pairs[0]]
+        for opt, params in zip(opts, pairs):
+            opt.zero_grad(set_to_none=True)
+            for p, g in zip(params, grads):
+                p.grad = g.clone()
+            opt.step()
+
+
+def test_lean_adam_matches_torch_fused_adam_bit_for_bit() -> None:
+    ours, ref = _adam_pair()
+    lean = LeanAdam(ours, lr=1e-2)
+    torch_adam = torch.optim.Adam(ref, lr=1e-2, fused=True)
+    _adam_steps([lean, torch_adam], [ours, ref], 5, seed=1)
+    assert lean._lists is not None  # the fast path is the one under test
+    for group in (*lean.param_groups, *torch_adam.param_groups):
+        group["lr"] = 3e-3  # a changed learning rate is honoured
+    _adam_steps([lean, torch_adam], [ours, ref], 5, seed=2)
+    for a, b in zip(ours, ref):
+        assert torch.equal(a, b)
+    # Same state_dict format: a checkpoint of torch's Adam loads into LeanAdam (through a
+    # serialised copy, as from a checkpoint file; in memory torch would share the tensors).
+    buffer = io.BytesIO()
+    torch.save(torch_adam.state_dict(), buffer)
+    buffer.seek(0)
+    lean.load_state_dict(torch.load(buffer, weights_only=True))
+    assert lean._lists is None
+    _adam_steps([lean, torch_adam], [ours, ref], 3, seed=3)
+    for a, b in zip(ours, ref):
+        assert torch.equal(a, b)
+    for a, b in zip(lean.state.values(), torch_adam.state.values()):
+        assert all(torch.equal(a[k], b[k]) for k in ("step", "exp_avg", "exp_avg_sq"))
+
+
+def test_lean_adam_skips_parameters_without_gradients_like_torch() -> None:
+    ours, ref = _adam_pair()
+    lean, torch_adam = LeanAdam(ours, lr=1e-2), torch.optim.Adam(ref, lr=1e-2, fused=True)
+    _adam_steps([lean, torch_adam], [ours, ref], 2, seed=4)
+    for opt, params in ((lean, ours), (torch_adam, ref)):
+        opt.zero_grad(set_to_none=True)
+        params[0].grad = torch.ones_like(params[0])  # the others get no gradient this step
+        opt.step()
+    for a, b in zip(ours, ref):
+        assert torch.equal(a, b)
+    assert float(lean.state[ours[1]]["step"]) == 2.0  # untouched, as torch does
 
 
 def test_td3bc_critic_loss_equals_naive_recomputation() -> None:

@@ -31,6 +31,7 @@ __all__ = [
     "ensemble_mse",
     "eval_mode",
     "grad_norm",
+    "LeanAdam",
     "make_optimizer",
     "make_target",
     "min_over_heads",
@@ -134,17 +135,94 @@ class TargetUpdate:
             torch._foreach_lerp_(self.dst, self.src, tau)
 
 
+class LeanAdam(torch.optim.Adam):
+    """torch's fused Adam (same kernel, same state_dict) without its per-step Python overhead.
+
+    ``torch.optim.Adam.step`` regroups parameters and state by device and dtype on every call
+    before launching its one fused kernel; for a critic's few tensors that bookkeeping cost
+    ~0.2 ms, as much as the kernel. Here the parameter and state lists are gathered once
+    (after torch's own first step creates the state) and the kernel is called directly.
+    torch's step is used whenever the fast path does not apply: several parameter groups,
+    a missing gradient, a closure, or state just loaded. Same results bit for bit
+    (tests/test_algos.py).
+    """
+
+    def __init__(self, params: Iterable[torch.Tensor], lr: float) -> None:
+        super().__init__(params, lr=lr, fused=True)
+        self._lists: tuple[list[torch.Tensor], ...] | None = None
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._lists = None
+        super().load_state_dict(state_dict)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        if not set_to_none or len(self.param_groups) != 1:
+            super().zero_grad(set_to_none)
+            return
+        for p in self.param_groups[0]["params"]:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:  # type: ignore[override]
+        if closure is not None or len(self.param_groups) != 1:
+            self._lists = None
+            return super().step(closure)
+        group = self.param_groups[0]
+        params = group["params"]
+        grads = [p.grad for p in params]
+        if self._lists is None or any(g is None for g in grads):
+            loss = super().step()
+            self._lists = self._gather() if all(g is not None for g in grads) else None
+            return loss
+        exp_avgs, exp_avg_sqs, steps = self._lists
+        beta1, beta2 = group["betas"]
+        torch._foreach_add_(steps, 1)
+        torch._fused_adam_(
+            params,
+            grads,
+            exp_avgs,
+            exp_avg_sqs,
+            [],
+            steps,
+            amsgrad=False,
+            lr=group["lr"],
+            beta1=beta1,
+            beta2=beta2,
+            weight_decay=group["weight_decay"],
+            eps=group["eps"],
+            maximize=group["maximize"],
+        )
+        return None
+
+    def _gather(self) -> tuple[list[torch.Tensor], ...] | None:
+        group = self.param_groups[0]
+        if group["amsgrad"] or group["decoupled_weight_decay"] or group["differentiable"]:
+            return None
+        if any(isinstance(group[k], torch.Tensor) for k in ("lr", "betas", "weight_decay")):
+            return None
+        params = group["params"]
+        if len({(p.device, p.dtype) for p in params}) != 1:
+            return None
+        states = [self.state[p] for p in params]
+        return (
+            [s["exp_avg"] for s in states],
+            [s["exp_avg_sq"] for s in states],
+            [s["step"] for s in states],
+        )
+
+
 def make_optimizer(
     params: Iterable[torch.Tensor], lr: float, kind: str = "adam"
 ) -> torch.optim.Optimizer:
     """Adam (the default everywhere) or plain SGD, as one fused kernel per step.
 
     Measured on CPU (torch 2.13, critic of two 256-256 heads): fused Adam 0.42 ms/step,
-    foreach 0.79 ms, the default per-parameter loop 0.93 ms.
+    foreach 0.79 ms, the default per-parameter loop 0.93 ms; :class:`LeanAdam` removes most of
+    the fused step's remaining Python overhead.
     """
     params = list(params)
     if kind == "adam":
-        return torch.optim.Adam(params, lr=lr, fused=True)
+        return LeanAdam(params, lr=lr)
     if kind == "sgd":
         return torch.optim.SGD(params, lr=lr, fused=True)
     raise ValueError(f"unknown optimizer {kind!r}; expected adam or sgd")

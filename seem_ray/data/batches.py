@@ -152,7 +152,21 @@ class ReplaySampler:
                     f"shard {rank}/{world} is empty: the dataset has only {len(data)} transitions"
                 )
             data = data.select(index)
-        self.data = Batch.from_transitions(data, device)
+        # One [N, 2*obs + act + 2] table, so a batch is one gather; the fields are column views.
+        fields = Batch.from_transitions(data, device)
+        self._packed = torch.cat(
+            [fields.obs, fields.act, fields.rew[:, None], fields.next_obs, fields.done[:, None]], 1
+        )
+        o, a = data.obs_dim, data.act_dim
+        self._columns = (
+            slice(0, o),
+            slice(o, o + a),
+            o + a,
+            slice(o + a + 1, 2 * o + a + 1),
+            2 * o + a + 1,
+        )
+        del fields
+        self.data = self._split(self._packed)
         self.batch_size = batch_size
         self.device = torch.device(device)
         self.generator = torch.Generator(device=self.device)
@@ -165,13 +179,16 @@ class ReplaySampler:
         idx = torch.randint(
             0, len(self.data), (self.batch_size,), generator=self.generator, device=self.device
         )
-        d = self.data
+        return self._split(self._packed[idx])
+
+    def _split(self, rows: torch.Tensor) -> Batch:
+        obs, act, rew, next_obs, done = self._columns
         return Batch(
-            obs=d.obs[idx],
-            act=d.act[idx],
-            rew=d.rew[idx],
-            next_obs=d.next_obs[idx],
-            done=d.done[idx],
+            obs=rows[:, obs],
+            act=rows[:, act],
+            rew=rows[:, rew],
+            next_obs=rows[:, next_obs],
+            done=rows[:, done],
         )
 
     def get_state(self) -> torch.Tensor:
