@@ -198,9 +198,9 @@ def _adam_steps(opts: list[torch.optim.Optimizer], pairs: list, n: int, seed: in
     gen = torch.Generator().manual_seed(seed)
     for _ in range(n):
         grads = [torch.randn(p.shape, generator=gen) for p in pairs[0]]
-        for opt, params in zip(opts, pairs):
+        for opt, params in zip(opts, pairs, strict=True):
             opt.zero_grad(set_to_none=True)
-            for p, g in zip(params, grads):
+            for p, g in zip(params, grads, strict=True):
                 p.grad = g.clone()
             opt.step()
 
@@ -214,7 +214,7 @@ def test_lean_adam_matches_torch_fused_adam_bit_for_bit() -> None:
     for group in (*lean.param_groups, *torch_adam.param_groups):
         group["lr"] = 3e-3  # a changed learning rate is honoured
     _adam_steps([lean, torch_adam], [ours, ref], 5, seed=2)
-    for a, b in zip(ours, ref):
+    for a, b in zip(ours, ref, strict=True):
         assert torch.equal(a, b)
     # Same state_dict format: a checkpoint of torch's Adam loads into LeanAdam (through a
     # serialised copy, as from a checkpoint file; in memory torch would share the tensors).
@@ -224,9 +224,9 @@ def test_lean_adam_matches_torch_fused_adam_bit_for_bit() -> None:
     lean.load_state_dict(torch.load(buffer, weights_only=True))
     assert lean._lists is None
     _adam_steps([lean, torch_adam], [ours, ref], 3, seed=3)
-    for a, b in zip(ours, ref):
+    for a, b in zip(ours, ref, strict=True):
         assert torch.equal(a, b)
-    for a, b in zip(lean.state.values(), torch_adam.state.values()):
+    for a, b in zip(lean.state.values(), torch_adam.state.values(), strict=True):
         assert all(torch.equal(a[k], b[k]) for k in ("step", "exp_avg", "exp_avg_sq"))
 
 
@@ -238,7 +238,7 @@ def test_lean_adam_skips_parameters_without_gradients_like_torch() -> None:
         opt.zero_grad(set_to_none=True)
         params[0].grad = torch.ones_like(params[0])  # the others get no gradient this step
         opt.step()
-    for a, b in zip(ours, ref):
+    for a, b in zip(ours, ref, strict=True):
         assert torch.equal(a, b)
     assert float(lean.state[ours[1]]["step"]) == 2.0  # untouched, as torch does
 
