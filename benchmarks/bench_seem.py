@@ -8,6 +8,8 @@ each eigen-method given by `--eig` (default "dense,mixed"; layer-wise Gram for a
 official-style naive loop (one backward per sample, stacked float64 gradients, Gram by matmul,
 numpy dense eigvals) in the same run at n = 256, 1024, 2560, and reports phases (gram/eig
 seconds), speedups, |SEEM_fast - SEEM_naive| and the load average (a markdown table on stderr).
+`--gram-paths` times the layer-wise against the generic Gram path on seem_ray's critic heads
+with each normalization (none, layer, batch, spectral, weight) at --n (default 256).
 `--threads` caps BLAS and torch threads for the whole run (the library never sets them). The critics are
 first trained for a few hundred Adam TD steps on random data (seeded) so the spectrum is not the
 one at init; random next actions stand in for pi(s'). Progress goes to stderr.
@@ -175,6 +177,54 @@ def compare(sizes: list[int], steps: int, gamma: float, seed: int, methods: list
     return {"seconds": last["seconds"], "seem": last["seem"], "rows": rows}
 
 
+def gram_paths(n: int, gamma: float, seed: int) -> dict:
+    """Layer-wise vs generic Gram on seem_ray's own critic heads with each normalization.
+
+    BatchNorm, spectral and weight norm heads took the generic (per-sample gradient) path until
+    the layer-wise path learned them; this measures what that saves, same probe, same value.
+    """
+    from seem_ray.config import NetConfig
+    from seem_ray.nets import EnsembleCritic
+    from seem_ray.seem import probe_critic
+
+    rows = []
+    for norm in ("none", "layer", "batch", "spectral", "weight"):
+        torch.manual_seed(seed)
+        ens = EnsembleCritic(OBS, ACT, NetConfig(hidden=(HIDDEN, HIDDEN), norm=norm), 2)
+        with torch.no_grad():  # BN statistics and spectral u, v off their init
+            for _ in range(5):
+                ens(*probe(256, seed + 99)[:2])
+        head = probe_critic(ens, 0)
+        x = probe(n, seed + 10 + n)
+        runs = {}
+        for path in ("layerwise", "generic"):
+            res = compute_seem(head, *x, gamma=gamma, gram=path)
+            runs[path] = {"seem": res.seem, "seconds": res.seconds, "gram_s": res.gram_seconds}
+        row = {
+            "norm": norm,
+            "n": n,
+            **{f"{k}_{path}": v for path, r in runs.items() for k, v in r.items()},
+            "speedup": runs["generic"]["seconds"] / runs["layerwise"]["seconds"],
+            "seem_abs_diff": abs(runs["generic"]["seem"] - runs["layerwise"]["seem"]),
+            "load_avg": os.getloadavg()[0],
+        }
+        log.info(
+            "%-8s n=%d layerwise %.3fs generic %.3fs (%.1fx) |dSEEM| %.1e",
+            norm,
+            n,
+            runs["layerwise"]["seconds"],
+            runs["generic"]["seconds"],
+            row["speedup"],
+            row["seem_abs_diff"],
+        )
+        rows.append(row)
+    return {
+        "seconds": rows[-1]["seconds_layerwise"],
+        "seem": rows[-1]["seem_layerwise"],
+        "rows": rows,
+    }
+
+
 def table(rows: list[dict], methods: list[str]) -> str:
     """Markdown table: one line per (LN, n, method), naive phases alongside."""
     head = (
@@ -211,6 +261,12 @@ def main(argv: list[str] | None = None) -> int:
         help=f"eigen-method from {EIG_METHODS}; compare mode takes a comma-separated list "
         "(default dense,mixed), --n mode one (default auto)",
     )
+    parser.add_argument(
+        "--gram-paths",
+        action="store_true",
+        help="layer-wise vs generic Gram on critic heads with every normalization (at --n, "
+        "default 256)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="BLAS/torch threads")
     parser.add_argument("--train-steps", type=int, default=300)
     parser.add_argument("--gamma", type=float, default=0.99)
@@ -225,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:
         print(f"--sizes must be comma-separated integers; got {args.sizes!r}", file=sys.stderr)
         return 2
-    comparing = args.compare or args.n is None
+    comparing = (args.compare or args.n is None) and not args.gram_paths
     try:
         methods = _methods(args.eig or ("dense,mixed" if comparing else "auto"))
     except ValueError as err:
@@ -242,7 +298,9 @@ def main(argv: list[str] | None = None) -> int:
         limits = threadpool_limits(args.threads)
     load_before = os.getloadavg()
     with limits:
-        if comparing:
+        if args.gram_paths:
+            out = gram_paths(args.n or 256, args.gamma, args.seed)
+        elif comparing:
             out = compare(
                 sizes if args.n is None else [args.n],
                 args.train_steps,

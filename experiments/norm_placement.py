@@ -601,8 +601,10 @@ def reading(result: dict[str, Any]) -> list[str]:
         out.append(
             "- Every variant's SEEM was computed (no failures): the layer-wise fast path took "
             f"{fmt(min(fast_share), '.0f')}-{fmt(max(fast_share), '.0f')}% of a run's wall "
-            "time, the exact generic fallback used for BatchNorm, spectral and weight norm "
-            f"critics {fmt(min(share), '.0f')}-{fmt(max(share), '.0f')}%."
+            "time, the exact generic fallback these runs used for BatchNorm, spectral and "
+            f"weight norm critics {fmt(min(share), '.0f')}-{fmt(max(share), '.0f')}%. Those "
+            "critics now take the layer-wise path too (`bench_seem.py --gram-paths`, "
+            "docs/benchmarks.md)."
         )
     spread = max((num(r["std_score"]) for r in result["by_variant"] if r["runs"]), default=0)
     out.append(

@@ -10,8 +10,10 @@ no Ray/MLflow/Optuna.
 with g(x) = grad_theta Q(x) over all trainable parameters (docs/seem.md sections 1-4).
 
 Two exact Gram paths: "layerwise" builds G from per-layer inputs and output-gradients (one
-backward per input set, seem.md section 4) for MLPs of Linear/LayerNorm/RMSNorm and elementwise
-activations; "generic" uses torch.func per-sample gradients (chunked) for any other module.
+backward per input set, seem.md section 4) for MLPs of Linear (plain, weight-normed or
+spectral-normed, by the chain rule through the reparametrisation), LayerNorm, RMSNorm,
+BatchNorm1d (in eval mode a fixed affine map) and elementwise activations; "generic" uses
+torch.func per-sample gradients (chunked) for any other module.
 Duplicate probe rows (probes are drawn with replacement) are merged first: with E the N x u
 indicator of unique rows and D = diag(multiplicities), A = E A_u E^T, so A's nonzero eigenvalues
 are those of D^1/2 A_u D^1/2 (u x u, same Frobenius norm as A) plus N - u exact zeros.
@@ -158,29 +160,66 @@ def _gram_device(device: torch.device) -> torch.device:
     return torch.device("cpu") if device.type == "mps" else device
 
 
-def layerwise_eligible(critic: nn.Module) -> bool:
-    """Static check for the layer-wise path: trainable params only in Linear/LN/RMSNorm modules.
+def _reparam_kind(module: nn.Module) -> str | None:
+    """ "plain", "weight" or "spectral" for a Linear the layer-wise path handles, else None.
 
-    Leaf modules must be Linear, LayerNorm, RMSNorm, a known elementwise activation or Dropout;
-    parents may be any container without trainable parameters of its own. Parametrized modules
-    (spectral/weight norm) are not eligible. A runtime check (each parametrised layer called
-    exactly once on an [n, d] input, outputs not modified in place) completes it.
+    Handled: no parametrization, or torch's weight_norm / spectral_norm (dim 0) alone on the
+    weight; their parameter gradients are fixed linear maps of the effective weight's.
     """
+    if not parametrize.is_parametrized(module):
+        return "plain"
+    plist = getattr(module, "parametrizations", {})
+    if set(plist.keys()) != {"weight"} or len(plist["weight"]) != 1:
+        return None
+    p = plist["weight"][0]
+    if getattr(p, "dim", None) != 0:
+        return None
+    name = type(p).__name__
+    if name == "_WeightNorm":
+        return "weight"
+    if name == "_SpectralNorm" and module.weight.ndim == 2:
+        return "spectral"
+    return None
+
+
+def _fixed_stats_batchnorm(module: nn.Module) -> bool:
+    """BatchNorm1d with running statistics: in eval mode a per-feature affine map per sample."""
+    return (
+        isinstance(module, nn.BatchNorm1d)
+        and module.track_running_stats
+        and module.running_mean is not None
+        and module.running_var is not None
+    )
+
+
+def layerwise_eligible(critic: nn.Module) -> bool:
+    """Static check for the layer-wise path: trainable params only in layers it handles.
+
+    Leaf modules must be Linear (plain, weight-normed or spectral-normed), LayerNorm, RMSNorm,
+    BatchNorm1d with running statistics (SEEM evaluates in eval mode), a known elementwise
+    activation or Dropout; parents may be any container without trainable parameters of its
+    own. A runtime check (each such layer called exactly once on an [n, d] input, outputs not
+    modified in place) completes it.
+    """
+    inside_linear: set[nn.Module] = set()
     for module in critic.modules():
+        if module in inside_linear:
+            continue
+        own = [p for p in module.parameters(recurse=False) if p.requires_grad]
+        if isinstance(module, nn.Linear):
+            if _reparam_kind(module) is None:
+                return False
+            inside_linear.update(m for m in module.modules() if m is not module)
+            continue
         if parametrize.is_parametrized(module):
             return False
-        own = [p for p in module.parameters(recurse=False) if p.requires_grad]
         children = list(module.children())
         if not children:
-            if isinstance(module, nn.Linear):
-                continue
-            if isinstance(module, nn.LayerNorm):
+            if isinstance(module, nn.LayerNorm | nn.RMSNorm):
                 if len(module.normalized_shape) != 1:
                     return False
                 continue
-            if isinstance(module, nn.RMSNorm):
-                if len(module.normalized_shape) != 1:
-                    return False
+            if _fixed_stats_batchnorm(module):
                 continue
             if isinstance(module, _ELEMENTWISE) and not own:
                 continue
@@ -192,13 +231,20 @@ def layerwise_eligible(critic: nn.Module) -> bool:
 
 @dataclass(frozen=True)
 class _LayerFeatures:
-    """Per-layer factors of the Gram: G += (g1 g2^T) * (x1 x2^T + bias) or norm-affine terms."""
+    """Per-layer factors of the Gram block G_l(X1, X2) (seem.md section 4).
+
+    linear: (x1 x2^T [+ 1 for a bias merged in]) * (g1 g2^T)  +  low1 low2^T  +  gb1 gb2^T
+    norm:   feature products of the affine (g * x for the weight, g for the bias)
+    """
 
     kind: str  # "linear" or "norm"
     x: torch.Tensor  # Linear input a, or normalised pre-affine n  [N, d_in]
-    g: torch.Tensor  # dQ/d(output)  [N, d_out]
+    g: torch.Tensor  # dQ/d(output), scaled per output unit for reparametrised weights [N, d_out]
     weight: bool  # weight trainable
     bias: bool  # bias trainable
+    g_bias: torch.Tensor | None = None  # the bias's own dQ/d(output) when g was scaled
+    low_left: torch.Tensor | None = None  # extra low-rank terms of reparametrised weights [N, k]
+    low_right: torch.Tensor | None = None
 
 
 class _NotLayerwise(Exception):
@@ -214,7 +260,8 @@ def _layer_features(
     layers = [
         m
         for m in critic.modules()
-        if isinstance(m, (nn.Linear, *_NORMS)) and any(p.requires_grad for p in m.parameters())
+        if isinstance(m, (nn.Linear, nn.BatchNorm1d, *_NORMS))
+        and any(p.requires_grad for p in m.parameters())
     ]
 
     def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
@@ -249,48 +296,97 @@ def _layer_features(
     feats: list[_LayerFeatures] = []
     for (m, x, out), g in zip(feats_in, grads, strict=True):
         g = torch.zeros_like(out) if g is None else g
-        weight, bias = getattr(m, "weight", None), getattr(m, "bias", None)
-        w = weight is not None and weight.requires_grad
+        x, g = x.detach(), g.detach()
+        bias = getattr(m, "bias", None)
         b = bias is not None and bias.requires_grad
         if isinstance(m, nn.Linear):
-            feats.append(_LayerFeatures("linear", x.detach(), g.detach(), w, b))
+            feats.append(_linear_features(m, x, g, b))
             continue
+        w = m.weight is not None and m.weight.requires_grad
         with torch.no_grad():
             if isinstance(m, nn.LayerNorm):
                 normed = F.layer_norm(x, m.normalized_shape, eps=m.eps)
-            else:
+            elif isinstance(m, nn.RMSNorm):
                 normed = F.rms_norm(x, m.normalized_shape, eps=m.eps)
-        feats.append(_LayerFeatures("norm", normed.detach(), g.detach(), w, b))
+            elif _fixed_stats_batchnorm(m):
+                normed = (x - m.running_mean) / torch.sqrt(m.running_var + m.eps)
+            else:
+                raise _NotLayerwise(f"{type(m).__name__} without running statistics")
+        feats.append(_LayerFeatures("norm", normed, g, w, b))
     return feats, q.detach()
+
+
+@torch.no_grad()
+def _linear_features(m: nn.Linear, x: torch.Tensor, g: torch.Tensor, b: bool) -> _LayerFeatures:
+    """Gram factors of one Linear; reparametrised weights by the chain rule through them.
+
+    weight norm, W_o = g_o v_o / |v_o|, c_o = (g_o / |v_o|)^2, s = x . v_o/|v_o|:
+        dQ/dv_o . dQ/dv_o' = c_o d_o d_o' (x.x' - s_o s_o'),  dQ/dg_o . = d_o s_o d_o' s_o'
+    spectral norm, W = V / sigma, sigma = u^T V v (u, v fixed buffers), a = d^T W x, p = (d.u)(x.v):
+        dQ/dV . dQ/dV' = ((d.d')(x.x') - a' p - a p' + a a' |u|^2 |v|^2) / sigma^2
+    """
+    kind = _reparam_kind(m)
+    if kind == "plain":
+        return _LayerFeatures("linear", x, g, m.weight.requires_grad, b)
+    plist = m.parametrizations["weight"]
+    if kind == "weight":
+        g_param, v = plist.original0, plist.original1
+        vnorm = v.norm(dim=1)
+        c = (g_param.reshape(-1) / vnorm) ** 2
+        gs = g * (x @ (v / vnorm[:, None]).T)
+        v_tr, g_tr = v.requires_grad, g_param.requires_grad
+        low = gs * (float(g_tr) - c * float(v_tr))
+        return _LayerFeatures(
+            "linear", x, g * c.sqrt(), v_tr, b, g_bias=g, low_left=low, low_right=gs
+        )
+    sn = plist[0]
+    orig = plist.original
+    u, v = sn._u, sn._v
+    sigma = torch.vdot(u, torch.mv(orig, v))
+    if not orig.requires_grad:
+        return _LayerFeatures("linear", x, g, False, b)
+    alpha = (g * (x @ m.weight.T)).sum(1)
+    p = (g @ u) * (x @ v)
+    uv2 = (u @ u) * (v @ v)
+    left = torch.stack([p, alpha, alpha * uv2], 1) / sigma
+    right = torch.stack([-alpha, -p, alpha], 1) / sigma
+    return _LayerFeatures("linear", x, g / sigma, True, b, g_bias=g, low_left=left, low_right=right)
 
 
 def _linear_block(
     f1: _LayerFeatures, f2: _LayerFeatures, rows: slice
-) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """Either a Gram block or a pair of feature matrices whose product is the block."""
+) -> tuple[torch.Tensor | None, list[torch.Tensor], list[torch.Tensor]]:
+    """Rows `rows` of one layer's Gram as (Hadamard block or None, left and right factors)."""
     x1, g1 = f1.x[rows].double(), f1.g[rows].double()
     x2, g2 = f2.x.double(), f2.g.double()
     d_in, d_out = x1.shape[1], g1.shape[1]
-    if f1.kind == "norm":
-        left = [g1 * x1] if f1.weight else []
-        right = [g2 * x2] if f1.weight else []
-        if f1.bias:
+    left: list[torch.Tensor] = []
+    right: list[torch.Tensor] = []
+    if f1.low_left is not None and f2.low_right is not None:
+        left.append(f1.low_left[rows].double())
+        right.append(f2.low_right.double())
+    merged_bias = f1.bias and f1.g_bias is None
+    if f1.bias and f1.g_bias is not None and f2.g_bias is not None:
+        left.append(f1.g_bias[rows].double())
+        right.append(f2.g_bias.double())
+    if f1.kind == "norm" or d_in * d_out <= d_in + d_out or not f1.weight:
+        # Explicit per-sample gradients are no wider than the factors (norm affines, the
+        # output layer).
+        if f1.weight and f1.kind == "norm":
+            left.append(g1 * x1)
+            right.append(g2 * x2)
+        elif f1.weight:
+            left.append((g1[:, :, None] * x1[:, None, :]).reshape(len(x1), -1))
+            right.append((g2[:, :, None] * x2[:, None, :]).reshape(len(x2), -1))
+        if merged_bias:
             left.append(g1)
             right.append(g2)
-        return torch.cat(left, 1), torch.cat(right, 1)
-    if d_in * d_out <= d_in + d_out or not f1.weight:
-        # Explicit per-sample gradients are no wider than the factors (e.g. the output layer).
-        left = [(g1[:, :, None] * x1[:, None, :]).reshape(len(x1), -1)] if f1.weight else []
-        right = [(g2[:, :, None] * x2[:, None, :]).reshape(len(x2), -1)] if f1.weight else []
-        if f1.bias:
-            left.append(g1)
-            right.append(g2)
-        return torch.cat(left, 1), torch.cat(right, 1)
+        return None, left, right
     block = x1 @ x2.T
-    if f1.bias:
+    if merged_bias:
         block += 1.0
     block *= g1 @ g2.T
-    return block
+    return block, left, right
 
 
 def _gram_parts(
@@ -301,14 +397,15 @@ def _gram_parts(
     rights: list[torch.Tensor] = []
     out: torch.Tensor | None = None
     for f1, f2 in zip(feats1, feats2, strict=True):
-        part = _linear_block(f1, f2, rows)
-        if isinstance(part, tuple):
-            lefts.append(part[0])
-            rights.append(part[1])
-        elif out is None:
-            out = part
+        block, left, right = _linear_block(f1, f2, rows)
+        lefts += left
+        rights += right
+        if block is None:
+            continue
+        if out is None:
+            out = block
         else:
-            out += part
+            out += block
     if not lefts:
         return out, None, None
     return out, torch.cat(lefts, 1), torch.cat(rights, 1)
@@ -365,7 +462,19 @@ def _layerwise_a(
 
 
 def _to(f: _LayerFeatures, dev: torch.device) -> _LayerFeatures:
-    return _LayerFeatures(f.kind, f.x.to(dev), f.g.to(dev), f.weight, f.bias)
+    def move(t: torch.Tensor | None) -> torch.Tensor | None:
+        return None if t is None else t.to(dev)
+
+    return _LayerFeatures(
+        f.kind,
+        f.x.to(dev),
+        f.g.to(dev),
+        f.weight,
+        f.bias,
+        move(f.g_bias),
+        move(f.low_left),
+        move(f.low_right),
+    )
 
 
 # ----------------------------------------------------------------------------- generic path

@@ -204,7 +204,81 @@ def _batchnorm() -> nn.Module:
     return Critic(body)
 
 
-@pytest.mark.parametrize("make", [_spectral, _batchnorm, Scaled])
+def _weightnorm(frozen: str = "") -> nn.Module:
+    body = mlp(5, (8, 8))
+    for i in (0, 2, 4):
+        body[i] = parametrizations.weight_norm(body[i])
+        with torch.no_grad():  # move g off |v| so c = (g/|v|)^2 != 1
+            body[i].parametrizations.weight.original0.mul_(
+                1.0 + torch.rand(body[i].out_features, 1)
+            )
+        if frozen:
+            getattr(body[i].parametrizations.weight, frozen).requires_grad_(False)
+    return Critic(body)
+
+
+def _spectral_all() -> nn.Module:
+    body = mlp(5, (8, 8))
+    for i in (0, 2, 4):
+        body[i] = parametrizations.spectral_norm(body[i])
+    body.train()
+    with torch.no_grad():
+        body(torch.randn(4, 5, dtype=torch.float64))  # a power step: u, v off their init
+    return Critic(body)
+
+
+def _weightnorm_dim1() -> nn.Module:
+    body = mlp(5, (8,))
+    body[0] = parametrizations.weight_norm(body[0], dim=1)  # per input column: not handled
+    return Critic(body)
+
+
+def _ensemble_head(norm: str) -> nn.Module:
+    from seem_ray.config import NetConfig
+    from seem_ray.nets import EnsembleCritic
+
+    critic = EnsembleCritic(3, 2, NetConfig(hidden=(8, 8), norm=norm), 2).double()
+    critic.train()
+    with torch.no_grad():  # BN statistics / spectral u, v away from their init
+        for _ in range(3):
+            critic(torch.randn(16, 3, dtype=torch.float64), torch.randn(16, 2, dtype=torch.float64))
+    return S.probe_critic(critic, 1)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        _spectral,
+        _spectral_all,
+        _batchnorm,
+        _weightnorm,
+        lambda: _weightnorm("original0"),
+        lambda: _weightnorm("original1"),
+        lambda: _ensemble_head("batch"),
+        lambda: _ensemble_head("spectral"),
+        lambda: _ensemble_head("weight"),
+    ],
+    ids=["sn1", "sn_all", "bn", "wn", "wn_g_frozen", "wn_v_frozen", "ens_bn", "ens_sn", "ens_wn"],
+)
+@pytest.mark.parametrize("gamma", [0.0, 0.99, 1.2])
+def test_layerwise_handles_reparametrised_and_batchnorm_layers(make, gamma: float) -> None:
+    """weight/spectral norm by the chain rule, BatchNorm as its eval-mode affine: == naive."""
+    torch.manual_seed(5)
+    critic = make()
+    critic.train()
+    x = probe(14)
+    assert S.layerwise_eligible(critic)
+    g_xx, g_sx = S.gram_matrices(critic, *x)
+    phi, phi_s = naive_phi(critic, x[0], x[1]), naive_phi(critic, x[2], x[3])
+    assert rel(g_xx, phi @ phi.T) < 1e-10
+    assert rel(g_sx, phi_s @ phi.T) < 1e-10
+    res = S.compute_seem(critic, *x, gamma=gamma)
+    assert res.method == "layerwise"
+    assert abs(res.seem - naive_seem(naive_a(critic, x, gamma))) < 1e-9
+    assert critic.training
+
+
+@pytest.mark.parametrize("make", [_weightnorm_dim1, Scaled])
 def test_generic_path_matches_naive(make: type[nn.Module]) -> None:
     torch.manual_seed(3)
     critic = make()
