@@ -8,7 +8,14 @@ true diverger (|mean Q| crossed r_max/(1-gamma) within the budget), lead over th
 stopper, and false kills (stopped trials that never crossed the bound).
 With --live, the sweep is also run for real with the SEEM stopper to confirm the replay.
 
+A trial the SEEM stopper stopped whose Q had not crossed the bound by the budget is neither a
+confirmed divergence nor a false kill yet: its config (base + the trial's overrides, same seed)
+is retrained on its own, stopper off, for --confirm-steps (default 2x the budget), and the kill
+counts as false only if Q stays within the bound over that longer horizon.
+
 Usage: python benchmarks/bench_stopper.py [--config tune_configs/mixed.yaml] [--json]
+       python benchmarks/bench_stopper.py --from-sweep runs/sweeps/<name>   (replay a recorded
+           no-stopper sweep instead of running one; --config must be the config it ran)
 Last stdout line (--json): {"steps_saved_vs_none": ..., "median_lead_x": ..., "false_kills": ...}
 """
 
@@ -27,7 +34,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from seem_ray import metrics as M  # noqa: E402
-from seem_ray.config import StopperConfig, apply_overrides, load_sweep_config  # noqa: E402
+from seem_ray.config import (  # noqa: E402
+    StopperConfig,
+    SweepConfig,
+    apply_overrides,
+    load_sweep_config,
+)
 from seem_ray.stopper import DivergenceStopper  # noqa: E402
 
 
@@ -57,11 +69,63 @@ def trial_streams(exp_path: Path) -> dict[str, list[dict[str, Any]]]:
     return streams
 
 
+def crossing_step(records: list[dict[str, Any]], bound: float) -> int | None:
+    """First reported step where |mean Q| crossed `bound` or went non-finite (None: never)."""
+    for r in records:
+        q = float(r.get(M.Q_MEAN, 0.0))
+        if not math.isfinite(q) or abs(q) > bound:
+            return int(r[M.STEP])
+    return None
+
+
+def confirm(sweep: SweepConfig, overrides: dict[str, Any], steps: int, out: Path) -> dict:
+    """Retrain one trial's config alone for `steps` (stopper off): does Q cross the bound?"""
+    from seem_ray.runner import read_history, run_local
+
+    cfg = apply_overrides(
+        sweep.base,
+        {
+            **overrides,
+            "train.steps": steps,
+            "stopper.kind": "none",
+            "train.checkpoint_every": 0,
+        },
+    )
+    run_dir = out / "_".join(f"{k.split('.')[-1]}{v}" for k, v in overrides.items())
+    if not (run_dir / "summary.json").exists():
+        logging.info("confirming %s for %d steps in %s", overrides, steps, run_dir)
+        if run_dir.exists():
+            import shutil
+
+            shutil.rmtree(run_dir)
+        run_local(cfg, run_dir)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    history = read_history(run_dir / "metrics.jsonl")
+    bound = float(summary["q_bound"])
+    last = next((r for r in reversed(history) if M.Q_MEAN in r), {})
+    return {
+        "steps": steps,
+        "crossed_at": crossing_step(history, bound),
+        "q_ratio_end": abs(float(last.get(M.Q_MEAN, math.nan))) / bound,
+        "run_dir": str(run_dir),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default=str(ROOT / "tune_configs" / "mixed.yaml"))
     p.add_argument("--steps", type=int, default=0, help="override the per-trial budget")
     p.add_argument("--live", action="store_true", help="also run the sweep with the SEEM stopper")
+    p.add_argument(
+        "--from-sweep", default=None, help="replay this recorded no-stopper sweep folder"
+    )
+    p.add_argument(
+        "--confirm-steps",
+        type=int,
+        default=-1,
+        help="horizon for confirming kills not yet confirmed by the budget (default 2x the "
+        "budget; 0 = off)",
+    )
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
@@ -72,24 +136,36 @@ def main(argv: list[str] | None = None) -> int:
     if args.steps:
         overrides["base.train.steps"] = args.steps
     sweep = load_sweep_config(args.config, overrides)
-    init_ray(None)
     started = time.time()
-    summary = run_sweep(sweep, quiet=True)
-    wall_none = time.time() - started
-    streams = trial_streams(Path(summary.path))
-    budget = sweep.base.train.steps
-    truth: dict[str, int | None] = {}
-    for trial_id, records in streams.items():
-        bound = float(records[0].get("q_bound", math.inf))
-        truth[trial_id] = next(
-            (
-                int(r[M.STEP])
-                for r in records
-                if not math.isfinite(r.get(M.Q_MEAN, 0.0)) or abs(r[M.Q_MEAN]) > bound
-            ),
-            None,
-        )
+    if args.from_sweep:
+        sweep_path = Path(args.from_sweep).resolve()
+        if not sweep_path.is_dir():
+            print(f"bench_stopper: no sweep folder {sweep_path}", file=sys.stderr)
+            return 2
+        wall_none = math.nan
+    else:
+        init_ray(None)
+        sweep_path = Path(run_sweep(sweep, quiet=True).path)
+        wall_none = time.time() - started
+    streams = trial_streams(sweep_path)
+    if not streams:
+        print(f"bench_stopper: no trial results under {sweep_path}", file=sys.stderr)
+        return 2
+    budget = int(max(r[M.STEP] for records in streams.values() for r in records))
+    truth = {
+        t: crossing_step(records, float(records[0].get("q_bound", math.inf)))
+        for t, records in streams.items()
+    }
     stops = {kind: replay(kind, streams) for kind in ("seem", "q_bound")}
+    confirm_steps = 2 * budget if args.confirm_steps < 0 else args.confirm_steps
+    confirmations: dict[str, dict] = {}
+    for t, stop in stops["seem"].items():
+        if stop is None or truth[t] is not None or confirm_steps <= budget:
+            continue
+        trial_overrides = streams[t][-1].get("config", {}).get("overrides", {})
+        confirmations[t] = confirm(
+            sweep, trial_overrides, confirm_steps, sweep_path.parent / f"{sweep_path.name}_confirm"
+        )
     used = {
         kind: sum(s if s is not None else budget for s in stops[kind].values()) for kind in stops
     }
@@ -100,7 +176,13 @@ def main(argv: list[str] | None = None) -> int:
         s_seem, s_bound = stops["seem"][t], stops["q_bound"][t]
         if s_seem is not None and s_bound is not None:
             leads.append(s_bound / s_seem)
-    false_kills = [t for t, s in stops["seem"].items() if s is not None and truth[t] is None]
+    stopped_no_cross = [t for t, s in stops["seem"].items() if s is not None and truth[t] is None]
+    false_kills = [
+        t
+        for t in stopped_no_cross
+        if t not in confirmations or confirmations[t]["crossed_at"] is None
+    ]
+    confirmed_late = [t for t in stopped_no_cross if t not in false_kills]
     rows = []
     for t, records in streams.items():
         overrides_t = records[-1].get("config", {}).get("overrides", {})
@@ -111,6 +193,14 @@ def main(argv: list[str] | None = None) -> int:
                 "crossed_bound_at": truth[t],
                 "seem_stop": stops["seem"][t],
                 "q_bound_stop": stops["q_bound"][t],
+                "lead_x": (
+                    stops["q_bound"][t] / stops["seem"][t]
+                    if stops["seem"][t] and stops["q_bound"][t]
+                    else None
+                ),
+                "q_ratio_at_budget": abs(float(records[-1].get(M.Q_MEAN, math.nan)))
+                / float(records[0].get("q_bound", math.inf)),
+                "confirmation": confirmations.get(t),
                 "max_seem": max(
                     (r[M.SEEM] for r in records if isinstance(r.get(M.SEEM), float)), default=None
                 ),
@@ -126,10 +216,16 @@ def main(argv: list[str] | None = None) -> int:
         "median_lead_x": sorted(leads)[len(leads) // 2] if leads else None,
         "min_lead_x": min(leads) if leads else None,
         "false_kills": len(false_kills),
+        "kills_confirmed_beyond_budget": len(confirmed_late),
+        "leads_x": sorted(leads),
+        "max_saving_for_this_mix": len(divergers + confirmed_late) / len(streams),
+        "sweep_path": str(sweep_path),
         "wall_seconds_no_stopper_sweep": round(wall_none, 1),
         "rows": rows,
     }
     if args.live:
+        if args.from_sweep:
+            init_ray(None)
         live = apply_overrides(sweep, {"name": f"{sweep.name}_live", "base.stopper.kind": "seem"})
         live_summary = run_sweep(live, quiet=True)
         result["live_steps_used"] = live_summary.steps_used
@@ -141,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
             "median_lead_x",
             "min_lead_x",
             "false_kills",
+            "kills_confirmed_beyond_budget",
             "divergers",
             "trials",
         )
