@@ -243,6 +243,21 @@ def test_lean_adam_skips_parameters_without_gradients_like_torch() -> None:
     assert float(lean.state[ours[1]]["step"]) == 2.0  # untouched, as torch does
 
 
+def test_lean_adam_still_runs_registered_step_hooks() -> None:
+    ours, ref = _adam_pair()
+    lean, torch_adam = LeanAdam(ours, lr=1e-2), torch.optim.Adam(ref, lr=1e-2, fused=True)
+    _adam_steps([lean, torch_adam], [ours, ref], 2, seed=5)  # fast path armed
+    calls: list[int] = []
+    handle = lean.register_step_post_hook(lambda opt, args, kwargs: calls.append(1))
+    _adam_steps([lean, torch_adam], [ours, ref], 3, seed=6)
+    handle.remove()
+    assert len(calls) == 3
+    _adam_steps([lean, torch_adam], [ours, ref], 2, seed=7)
+    assert len(calls) == 3
+    for a, b in zip(ours, ref, strict=True):
+        assert torch.equal(a, b)
+
+
 def test_td3bc_critic_loss_equals_naive_recomputation() -> None:
     algo = make("td3bc", tau=0.3)
     assert isinstance(algo, TD3BC)
