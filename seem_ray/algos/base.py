@@ -138,8 +138,8 @@ class TargetUpdate:
 def _torch_adam_step() -> Any:
     """torch's Adam.step with Optimizer's hook/profiler wrapper, whether or not torch has
     patched the class attribute yet."""
-    step = torch.optim.Adam.step
-    return torch.optim.Optimizer.profile_hook_step(getattr(step, "__wrapped__", step))
+    step = torch.optim.Adam.step  # no_grad-wrapped; hook-wrapped once an Adam was created
+    return step if getattr(step, "hooked", False) else torch.optim.Optimizer.profile_hook_step(step)
 
 
 class LeanAdam(torch.optim.Adam):
