@@ -10,10 +10,12 @@ per ``train.log_every`` steps, so the step itself never waits on a host sync.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -137,6 +139,13 @@ class TrainingRun:
         self.step = 0
         self.seem_seconds = 0.0
         self.train_seconds = 0.0
+        # bf16 autocast covers the training updates only; SEEM (fp32 forward, fp64 Gram), the
+        # probe Q statistics and evaluation stay in full precision.
+        self._precision: Callable[[], AbstractContextManager[Any]] = (
+            (lambda: torch.autocast(device.type, dtype=torch.bfloat16))
+            if cfg.train.bf16
+            else contextlib.nullcontext
+        )
 
     # ---------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
@@ -240,7 +249,8 @@ class TrainingRun:
         window_steps = 0
         while self.step < tc.steps:
             started = time.perf_counter()
-            out = self.algo.update(self.sampler.sample())
+            with self._precision():
+                out = self.algo.update(self.sampler.sample())
             for key, value in out.items():
                 sums[key] = sums[key] + value if key in sums else value.clone()
             count += 1
