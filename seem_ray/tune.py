@@ -348,6 +348,10 @@ def run_sweep(
     from seem_ray.stopper import DivergenceStopper
     from seem_ray.tracking import MlflowSweepTracker, resolve_tracking_uri
 
+    if not quiet:
+        # Ray's newer console output ignores progress_reporter and, off a terminal (CI logs,
+        # nohup), prints nothing until the end; the classic engine prints the table below.
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     storage = (storage or runs_dir() / "sweeps").resolve()
     exp_path = storage / sweep.name
     ensure_dataset(sweep.base.data.dataset)
