@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from experiments.service import demo_base  # noqa: E402
 from seem_ray import metrics as M  # noqa: E402
+from seem_ray.data.generate import ensure_dataset  # noqa: E402
 from seem_ray.loop import TrainingRun, prepare_data  # noqa: E402
 
 log = logging.getLogger("bench_bf16")
@@ -45,6 +46,7 @@ def train(norm: str, bf16: bool, steps: int, threads: int) -> dict[str, Any]:
         }
     )
     torch.set_num_threads(threads)
+    ensure_dataset(cfg.data.dataset)  # generated locally on first use, like the demo
     data = prepare_data(cfg)
     run = TrainingRun(cfg, data, torch.device("cpu"))
     reports: list[dict[str, float]] = []
