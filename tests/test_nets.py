@@ -131,6 +131,37 @@ def test_ensemble_shapes_and_head_module_matches_in_eval(norm: str, position: st
         torch.testing.assert_close(critic.forward_head(obs, act, i), q[i], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("norm,position", [("none", "before_act"), *ALL_KINDS])
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+def test_direct_kernel_path_equals_the_module_path(
+    norm: str, position: str, activation: str
+) -> None:
+    """The critic's and actor's direct-call forwards (speed) compute exactly the module path:
+    same values and same gradients, all heads or one."""
+    torch.manual_seed(2)
+    cfg = NetConfig(hidden=(16, 8), norm=norm, norm_position=position, activation=activation)
+    critic = EnsembleCritic(5, 3, cfg, ensemble=2)
+    critic.eval()  # spectral norm's power step would otherwise change u, v between the passes
+    assert critic._direct == (norm in ("none", "layer", "rms"))
+    actor = DeterministicActor(5, 3, NetConfig(hidden=(16, 8), activation=activation), 2.0)
+    assert actor._direct  # Linear, ReLU or Tanh only
+    obs, act = _inputs()
+    outputs = {}
+    for direct in (True, False):
+        critic._direct = direct and critic._direct
+        actor._direct = direct and actor._direct
+        critic.zero_grad()
+        q = critic(obs, act)
+        q1 = critic.forward_head(obs, act, 1)
+        (q.sum() + q1.sum()).backward()
+        pi = actor(obs)
+        outputs[direct] = (q, q1, pi, [p.grad.clone() for p in critic.parameters()])
+    for a, b in zip(outputs[True][:3], outputs[False][:3], strict=True):
+        assert torch.equal(a, b)
+    for a, b in zip(outputs[True][3], outputs[False][3], strict=True):
+        assert torch.equal(a, b)
+
+
 @pytest.mark.parametrize("norm", NORMS)
 def test_head_module_matches_in_training_mode_too(norm: str) -> None:
     """Same batch statistics for BN, same power-iteration step for spectral norm."""
