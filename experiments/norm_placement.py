@@ -585,7 +585,7 @@ def reading(result: dict[str, Any]) -> list[str]:
                 + ". A single high SEEM probe is not divergence; the stopper asks for "
                 "persistence and |Q| growth (docs/calibration.md)."
             )
-    generic = [
+    reparam = [
         r
         for r in result["runs"]
         if "error" not in r and r["variant"] in ("batch", "spectral", "weight")
@@ -595,16 +595,16 @@ def reading(result: dict[str, Any]) -> list[str]:
         for r in result["runs"]
         if "error" not in r and r["variant"] not in ("batch", "spectral", "weight")
     ]
-    if generic and fast:
-        share = [100 * num(r["seem_share"]) for r in generic]
+    if reparam and fast:
+        share = [100 * num(r["seem_share"]) for r in reparam]
         fast_share = [100 * num(r["seem_share"]) for r in fast]
         out.append(
-            "- Every variant's SEEM was computed (no failures): the layer-wise fast path took "
-            f"{fmt(min(fast_share), '.0f')}-{fmt(max(fast_share), '.0f')}% of a run's wall "
-            "time, the exact generic fallback these runs used for BatchNorm, spectral and "
-            f"weight norm critics {fmt(min(share), '.0f')}-{fmt(max(share), '.0f')}%. Those "
-            "critics now take the layer-wise path too (`bench_seem.py --gram-paths`, "
-            "docs/benchmarks.md)."
+            "- Every variant's SEEM was computed (no failures), all on the exact layer-wise "
+            f"path: it took {fmt(min(fast_share), '.0f')}-{fmt(max(fast_share), '.0f')}% of a "
+            "run's wall time for the plain, LN and RMSNorm critics and "
+            f"{fmt(min(share), '.0f')}-{fmt(max(share), '.0f')}% for the BatchNorm, spectral and "
+            "weight norm critics (38-47% when those used the generic per-sample-gradient path, "
+            "before the layer-wise path learned them)."
         )
     spread = max((num(r["std_score"]) for r in result["by_variant"] if r["runs"]), default=0)
     out.append(
