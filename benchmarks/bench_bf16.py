@@ -27,6 +27,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.bench_stopper import crossing_step  # noqa: E402
 from experiments.service import demo_base  # noqa: E402
 from seem_ray import metrics as M  # noqa: E402
 from seem_ray.data.generate import ensure_dataset  # noqa: E402
@@ -65,16 +66,12 @@ def train(norm: str, bf16: bool, steps: int, threads: int) -> dict[str, Any]:
         return False
 
     run.run(report)
-    bound = data.q_bound
-    crossed = next(
-        (int(r[M.STEP]) for r in reports if not abs(r[M.Q_MEAN]) <= bound), None
-    )  # not <=: NaN counts as crossed
     return {
         "steps_per_s": steps / run.train_seconds,
         "q": [r[M.Q_MEAN] for r in reports],
         "seem": [r.get(M.SEEM, math.nan) for r in reports],
-        "crossed_at": crossed,
-        "q_bound": bound,
+        "crossed_at": crossing_step(reports, data.q_bound),
+        "q_bound": data.q_bound,
     }
 
 
