@@ -19,6 +19,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
+from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
 
 from seem_ray.data.batches import Batch
 from seem_ray.nets import EnsembleCritic
@@ -210,8 +211,6 @@ class LeanAdam(torch.optim.Adam):
         return out
 
     def _hooked(self) -> bool:
-        from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
-
         return bool(
             self._optimizer_step_pre_hooks
             or self._optimizer_step_post_hooks
