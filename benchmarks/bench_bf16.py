@@ -27,10 +27,10 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.bench_stopper import crossing_step  # noqa: E402
 from experiments.service import demo_base  # noqa: E402
 from seem_ray import metrics as M  # noqa: E402
 from seem_ray.data.generate import ensure_dataset  # noqa: E402
+from seem_ray.divergence import bound_crossing  # noqa: E402
 from seem_ray.loop import TrainingRun, prepare_data  # noqa: E402
 
 log = logging.getLogger("bench_bf16")
@@ -70,7 +70,7 @@ def train(norm: str, bf16: bool, steps: int, threads: int) -> dict[str, Any]:
         "steps_per_s": steps / run.train_seconds,
         "q": [r[M.Q_MEAN] for r in reports],
         "seem": [r.get(M.SEEM, math.nan) for r in reports],
-        "crossed_at": crossing_step(reports, data.q_bound),
+        "crossed_at": bound_crossing(reports, data.q_bound),
         "q_bound": data.q_bound,
     }
 

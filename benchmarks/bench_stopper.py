@@ -40,6 +40,7 @@ from seem_ray.config import (  # noqa: E402
     apply_overrides,
     load_sweep_config,
 )
+from seem_ray.divergence import bound_crossing  # noqa: E402
 from seem_ray.stopper import DivergenceStopper  # noqa: E402
 
 
@@ -69,15 +70,6 @@ def trial_streams(exp_path: Path) -> dict[str, list[dict[str, Any]]]:
     return streams
 
 
-def crossing_step(records: list[dict[str, Any]], bound: float) -> int | None:
-    """First reported step where |mean Q| crossed `bound` or went non-finite (None: never)."""
-    for r in records:
-        q = float(r.get(M.Q_MEAN, 0.0))
-        if not math.isfinite(q) or abs(q) > bound:
-            return int(r[M.STEP])
-    return None
-
-
 def confirm(sweep: SweepConfig, overrides: dict[str, Any], steps: int, out: Path) -> dict:
     """Retrain one trial's config alone for `steps` (stopper off): does Q cross the bound?"""
     from seem_ray.runner import read_history, run_local
@@ -105,7 +97,7 @@ def confirm(sweep: SweepConfig, overrides: dict[str, Any], steps: int, out: Path
     last = next((r for r in reversed(history) if M.Q_MEAN in r), {})
     return {
         "steps": steps,
-        "crossed_at": crossing_step(history, bound),
+        "crossed_at": bound_crossing(history, bound),
         "q_ratio_end": abs(float(last.get(M.Q_MEAN, math.nan))) / bound,
         "run_dir": str(run_dir),
     }
@@ -153,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     budget = int(max(r[M.STEP] for records in streams.values() for r in records))
     truth = {
-        t: crossing_step(records, float(records[0].get("q_bound", math.inf)))
+        t: bound_crossing(records, float(records[0].get("q_bound", math.inf)))
         for t, records in streams.items()
     }
     stops = {kind: replay(kind, streams) for kind in ("seem", "q_bound")}

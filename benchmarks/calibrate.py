@@ -34,6 +34,7 @@ from seem_ray.divergence import (  # noqa: E402
     Predictor,
     QBoundPredictor,
     SeemPredictor,
+    bound_crossing,
     default_predictor,
 )
 
@@ -80,15 +81,6 @@ BASE = {
 }
 
 
-def crossing_step(history: list[dict[str, float]], bound: float) -> int | None:
-    """First step whose |mean Q| on the probe is non-finite or beyond the return bound."""
-    for r in history:
-        q = r.get(M.Q_MEAN, 0.0)
-        if not math.isfinite(q) or abs(q) > bound:
-            return int(r[M.STEP])
-    return None
-
-
 def run_one(spec: dict[str, Any], out_root: str) -> str:
     """Train one calibration run; a cached run that never crossed the bound is extended (resumed)."""
     import torch
@@ -102,7 +94,10 @@ def run_one(spec: dict[str, Any], out_root: str) -> str:
     resume = False
     if (run_dir / "summary.json").exists():
         history, bound = load_history(run_dir)
-        if crossing_step(history, bound) is not None or int(history[-1][M.STEP]) >= cfg.train.steps:
+        if (
+            bound_crossing(history, bound) is not None
+            or int(history[-1][M.STEP]) >= cfg.train.steps
+        ):
             return spec["name"]
         resume = True
     elif run_dir.exists():
@@ -143,7 +138,7 @@ def analyse(out_root: Path, names: list[str]) -> dict[str, Any]:
     per_pred: dict[str, dict[str, Any]] = {}
     for name in names:
         hist, bound = load_history(out_root / name)
-        crossing = crossing_step(hist, bound)
+        crossing = bound_crossing(hist, bound)
         seems = [r[M.SEEM] for r in hist if M.SEEM in r and math.isfinite(r[M.SEEM])]
         row: dict[str, Any] = {
             "run": name,

@@ -37,7 +37,7 @@ from experiments.common import (
     fmt,
     num,
 )
-from experiments.service import RunRecord, demo_base, diverged, first_step, run_grid, series
+from experiments.service import RunRecord, crossed_at, demo_base, diverged, run_grid, series
 from seem_ray import metrics as M
 from seem_ray.config import RunConfig, to_dict
 
@@ -106,7 +106,7 @@ def analyse_run(rec: RunRecord) -> dict[str, Any]:
     finite_seem = seem[np.isfinite(seem)]
     return {
         "diverged": diverged(rec),
-        "crossed_at": first_step(rec, M.Q_MEAN, lambda q: abs(q) > rec.q_bound),
+        "crossed_at": crossed_at(rec),
         "max_seem": float(finite_seem.max()) if finite_seem.size else math.nan,
         "final_seem": float(seem[-1]) if seem.size else math.nan,
         "final_q_ratio": float(ratio[-1]) if ratio.size else math.nan,

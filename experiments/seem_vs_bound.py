@@ -34,7 +34,7 @@ from experiments.common import (
     fmt,
     num,
 )
-from experiments.service import RunRecord, demo_base, first_step, run_grid, series
+from experiments.service import RunRecord, crossed_at, demo_base, first_step, run_grid, series
 from seem_ray import metrics as M
 from seem_ray.config import RunConfig
 
@@ -130,7 +130,7 @@ def run_facts(rec: RunRecord, threshold: float = SEEM_THRESHOLD) -> dict[str, An
     """
     seem_pos = first_step(rec, M.SEEM, lambda v: v > 0)
     seem_thr = first_step(rec, M.SEEM, lambda v: v > threshold)
-    bound = first_step(rec, M.Q_MEAN, lambda q: abs(q) > rec.q_bound)
+    bound = crossed_at(rec)
     seem_t, seem_v = series(rec, M.SEEM)
     q_t, q_v = series(rec, M.Q_MEAN)
     _, norm_v = series(rec, M.CRITIC_WEIGHT_NORM)

@@ -27,11 +27,13 @@ import yaml
 
 from seem_ray import metrics as M
 from seem_ray.config import RunConfig, apply_overrides, parse_run_config, to_dict
+from seem_ray.divergence import bound_crossing
 from seem_ray.runner import read_history
 from seem_ray.runtime import runs_dir
 
 __all__ = [
     "RunRecord",
+    "crossed_at",
     "demo_base",
     "diverged",
     "first_step",
@@ -187,9 +189,15 @@ def first_step(rec: RunRecord, key: str, predicate: Any) -> int | None:
     return None
 
 
+def crossed_at(rec: RunRecord) -> int | None:
+    """Ground truth used by every section: first step |mean Q| on the probe crossed
+    r_max/(1-gamma) or went non-finite (None: never), as seem_ray.divergence.bound_crossing."""
+    return bound_crossing(rec.history, rec.q_bound)
+
+
 def diverged(rec: RunRecord) -> bool:
-    """Ground truth used by every section: |mean Q| on the probe crossed r_max/(1-gamma)."""
-    return first_step(rec, M.Q_MEAN, lambda q: abs(q) > rec.q_bound) is not None
+    """Whether the run crossed the bound within its budget (see :func:`crossed_at`)."""
+    return crossed_at(rec) is not None
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:

@@ -42,9 +42,9 @@ from experiments.common import (
 )
 from experiments.service import (
     RunRecord,
+    crossed_at,
     demo_base,
     diverged,
-    first_step,
     mean_std,
     run_grid,
     series,
@@ -163,7 +163,7 @@ def run_summary(rec: RunRecord) -> dict[str, Any]:
     ratio = np.abs(q) / rec.q_bound if q.size else np.zeros(0)
     ratio = np.where(np.isfinite(ratio), ratio, math.inf)
     _, seem = series(rec, M.SEEM)
-    crossed = first_step(rec, M.Q_MEAN, lambda v: abs(v) > rec.q_bound)
+    crossed = crossed_at(rec)
     return {
         "score": _last(rec, M.NORMALIZED_SCORE),
         "return": _last(rec, M.RETURN_MEAN),

@@ -8,7 +8,7 @@ for |mean Q| to cross the return bound r_max/(1-gamma).
 Method: train a mixed grid with the stopper off, so each run's whole metric stream is known, then
 replay every stream through a fresh seem_ray.stopper.DivergenceStopper of each kind (seem,
 q_bound) exactly as Ray Tune calls it (benchmarks.bench_stopper.replay). Ground truth: a run
-diverged when |mean Q| on the probe crossed the bound within the budget (service.diverged).
+diverged when |mean Q| on the probe crossed the bound within the budget (service.crossed_at).
 
 Grid (full): `experiments.service.demo_base` (plain offline TD3 on PointMaze, critic lr 3e-5,
 tau 1), 4,000 steps, no evaluation, seed 0, critic.norm {none, layer} x data.max_transitions
@@ -36,7 +36,13 @@ from experiments.common import (
     fmt,
     num,
 )
-from experiments.service import RunRecord, demo_base, diverged, first_step, run_grid, series
+from experiments.service import (
+    RunRecord,
+    crossed_at,
+    demo_base,
+    run_grid,
+    series,
+)
 from seem_ray import metrics as M
 from seem_ray.config import RunConfig, StopperConfig, to_dict
 from seem_ray.stopper import DivergenceStopper
@@ -109,13 +115,6 @@ def tune_stream(rec: RunRecord) -> list[dict[str, Any]]:
     return [{**r, Q_BOUND_KEY: rec.q_bound} for r in rec.history]
 
 
-def crossing_step(rec: RunRecord) -> int | None:
-    """Ground truth: first step |mean Q| crossed the bound (None = healthy within the budget)."""
-    if not diverged(rec):
-        return None
-    return first_step(rec, M.Q_MEAN, lambda q: abs(q) > rec.q_bound)
-
-
 def stop_reasons(
     kind: str, streams: Mapping[str, list[dict[str, Any]]], stops: Mapping[str, int | None]
 ) -> dict[str, str | None]:
@@ -174,7 +173,7 @@ def score_stopper(
 def analyse(records: Mapping[str, RunRecord]) -> dict[str, Any]:
     """Replay every run through each stopper kind and score the kinds against the truth."""
     streams = {name: tune_stream(rec) for name, rec in records.items()}
-    truth = {name: crossing_step(rec) for name, rec in records.items()}
+    truth = {name: crossed_at(rec) for name, rec in records.items()}
     budgets = {name: rec.steps for name, rec in records.items()}
     stops = {kind: replay(kind, streams) for kind in KINDS}
     reasons = {kind: stop_reasons(kind, streams, stops[kind]) for kind in KINDS}

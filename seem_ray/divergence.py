@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -39,6 +39,7 @@ __all__ = [
     "QBoundPredictor",
     "SeemPredictor",
     "Verdict",
+    "bound_crossing",
     "build_predictor",
     "default_predictor",
 ]
@@ -68,6 +69,21 @@ HEALTHY = Verdict()
 
 class Predictor(Protocol):
     def update(self, step: int, metrics: Mapping[str, float]) -> Verdict: ...
+
+
+def bound_crossing(records: Iterable[Mapping[str, float]], q_bound: float) -> int | None:
+    """Ground truth of divergence: first record's step whose |mean Q| on the probe is beyond
+    ``q_bound`` or non-finite (None: never). Records without a Q value are skipped.
+
+    The one definition the calibration, the experiments and the stopper benchmarks share.
+    """
+    for r in records:
+        q = r.get(M.Q_MEAN)
+        if q is None:
+            continue
+        if not math.isfinite(q) or abs(q) > q_bound:
+            return int(r[M.STEP])
+    return None
 
 
 def _finite(x: float | None) -> bool:

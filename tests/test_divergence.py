@@ -14,6 +14,7 @@ from seem_ray.divergence import (
     GrowthPredictor,
     QBoundPredictor,
     SeemPredictor,
+    bound_crossing,
     build_predictor,
     default_predictor,
 )
@@ -108,6 +109,17 @@ def test_grace_steps_hold_back_soft_verdicts() -> None:
     q = lambda t: 0.05 * (t / 1000.0) ** 3  # noqa: E731
     t, v = first_flag(pred, stream(q, lambda t: 0.3))
     assert v.reason == M.REASON_Q_BOUND  # only the hard bound fires inside the grace period
+
+
+def test_bound_crossing_is_the_first_step_beyond_the_bound_or_non_finite() -> None:
+    def rec(step: int, q: float | None) -> dict[str, float]:
+        return {M.STEP: step} if q is None else {M.STEP: step, M.Q_MEAN: q}
+
+    assert bound_crossing([rec(1, 5.0), rec(2, 9.9), rec(3, -10.0)], 10.0) is None  # not beyond
+    assert bound_crossing([rec(1, 5.0), rec(2, None), rec(3, -10.5), rec(4, 20.0)], 10.0) == 3
+    assert bound_crossing([rec(1, 5.0), rec(2, math.nan), rec(3, 20.0)], 10.0) == 2
+    assert bound_crossing([rec(1, math.inf)], math.inf) == 1  # non-finite Q is divergence
+    assert bound_crossing([], 1.0) is None
 
 
 def test_constructor_checks_name_the_argument() -> None:
