@@ -25,6 +25,7 @@ import argparse
 import json
 import logging
 import math
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -70,6 +71,13 @@ def trial_streams(exp_path: Path) -> dict[str, list[dict[str, Any]]]:
     return streams
 
 
+def seem_share(records: list[dict[str, Any]]) -> float | None:
+    """SEEM's share of a trial's wall time: summed probe seconds over Tune's time_total_s."""
+    total = float(records[-1].get("time_total_s", 0.0))
+    seem_s = sum(float(r.get(M.SEEM_SECONDS, 0.0)) for r in records)
+    return seem_s / total if total > 0 else None
+
+
 def confirm(sweep: SweepConfig, overrides: dict[str, Any], steps: int, out: Path) -> dict:
     """Retrain one trial's config alone for `steps` (stopper off): does Q cross the bound?"""
     from seem_ray.runner import read_history, run_local
@@ -83,7 +91,8 @@ def confirm(sweep: SweepConfig, overrides: dict[str, Any], steps: int, out: Path
             "train.checkpoint_every": 0,
         },
     )
-    run_dir = out / "_".join(f"{k.split('.')[-1]}{v}" for k, v in overrides.items())
+    name = "_".join(f"{k.split('.')[-1]}{v}" for k, v in overrides.items())
+    run_dir = out / f"{name}_steps{steps}"
     if not (run_dir / "summary.json").exists():
         logging.info("confirming %s for %d steps in %s", overrides, steps, run_dir)
         if run_dir.exists():
@@ -118,6 +127,13 @@ def main(argv: list[str] | None = None) -> int:
         help="horizon for confirming kills not yet confirmed by the budget (default 2x the "
         "budget; 0 = off)",
     )
+    p.add_argument(
+        "--replay-every",
+        type=int,
+        default=0,
+        help="feed the stoppers only the records at multiples of this many steps, as if Q and "
+        "SEEM had been recorded that often (a multiple of the sweep's log cadence; 0 = all)",
+    )
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
@@ -148,7 +164,13 @@ def main(argv: list[str] | None = None) -> int:
         t: bound_crossing(records, float(records[0].get("q_bound", math.inf)))
         for t, records in streams.items()
     }
-    stops = {kind: replay(kind, streams) for kind in ("seem", "q_bound")}
+    fed = streams
+    if args.replay_every:
+        fed = {
+            t: [r for r in records if int(r[M.STEP]) % args.replay_every == 0]
+            for t, records in streams.items()
+        }
+    stops = {kind: replay(kind, fed) for kind in ("seem", "q_bound")}
     confirm_steps = 2 * budget if args.confirm_steps < 0 else args.confirm_steps
     confirmations: dict[str, dict] = {}
     for t, stop in stops["seem"].items():
@@ -193,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
                 "q_ratio_at_budget": abs(float(records[-1].get(M.Q_MEAN, math.nan)))
                 / float(records[0].get("q_bound", math.inf)),
                 "confirmation": confirmations.get(t),
+                "seem_share_of_wall": seem_share(records),
                 "max_seem": max(
                     (r[M.SEEM] for r in records if isinstance(r.get(M.SEEM), float)), default=None
                 ),
@@ -205,12 +228,18 @@ def main(argv: list[str] | None = None) -> int:
         "steps_used": used,
         "steps_saved_vs_none": 1.0 - used["seem"] / used["none"] if used["none"] else 0.0,
         "q_bound_saved_vs_none": 1.0 - used["q_bound"] / used["none"] if used["none"] else 0.0,
-        "median_lead_x": sorted(leads)[len(leads) // 2] if leads else None,
+        "median_lead_x": statistics.median(leads) if leads else None,
         "min_lead_x": min(leads) if leads else None,
         "false_kills": len(false_kills),
         "kills_confirmed_beyond_budget": len(confirmed_late),
         "leads_x": sorted(leads),
         "max_saving_for_this_mix": len(divergers + confirmed_late) / len(streams),
+        "share_of_max_saving": (
+            (1.0 - used["seem"] / used["none"]) / (len(divergers + confirmed_late) / len(streams))
+            if divergers or confirmed_late
+            else None
+        ),
+        "replay_every": args.replay_every or None,
         "sweep_path": str(sweep_path),
         "wall_seconds_no_stopper_sweep": round(wall_none, 1),
         "rows": rows,
@@ -230,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
             "min_lead_x",
             "false_kills",
             "kills_confirmed_beyond_budget",
+            "share_of_max_saving",
             "divergers",
             "trials",
         )
