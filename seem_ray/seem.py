@@ -40,6 +40,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from seem_ray.config import EIG_METHODS
+from seem_ray.hessenberg import eigvals_hessenberg
 
 __all__ = [
     "EIG_METHODS",
@@ -355,8 +356,9 @@ def _linear_features(m: nn.Linear, x: torch.Tensor, g: torch.Tensor, b: bool) ->
 
 def _linear_block(
     f1: _LayerFeatures, f2: _LayerFeatures, rows: slice
-) -> tuple[torch.Tensor | None, list[torch.Tensor], list[torch.Tensor]]:
-    """Rows `rows` of one layer's Gram as (Hadamard block or None, left and right factors)."""
+) -> tuple[tuple[torch.Tensor, torch.Tensor] | None, list[torch.Tensor], list[torch.Tensor]]:
+    """Rows `rows` of one layer's Gram as (the two factors of its Hadamard block, or None; left
+    and right low-rank factors)."""
     x1, g1 = f1.x[rows].double(), f1.g[rows].double()
     x2, g2 = f2.x.double(), f2.g.double()
     d_in, d_out = x1.shape[1], g1.shape[1]
@@ -382,11 +384,10 @@ def _linear_block(
             left.append(g1)
             right.append(g2)
         return None, left, right
-    block = x1 @ x2.T
+    xx = x1 @ x2.T
     if merged_bias:
-        block += 1.0
-    block *= g1 @ g2.T
-    return block, left, right
+        xx += 1.0
+    return (xx, g1 @ g2.T), left, right
 
 
 def _gram_parts(
@@ -403,9 +404,9 @@ def _gram_parts(
         if block is None:
             continue
         if out is None:
-            out = block
+            out = block[0].mul_(block[1])
         else:
-            out += block
+            out.addcmul_(*block)  # one pass over the n x n block instead of a mul and an add
     if not lefts:
         return out, None, None
     return out, torch.cat(lefts, 1), torch.cat(rights, 1)
@@ -440,8 +441,8 @@ def _layerwise_a(
     feats_s, _ = _layer_features(critic, *xs)
     n = x[0].shape[0]
     dev = _gram_device(x[0].device)
-    feats = [_to(f, dev) for f in feats]
-    feats_s = [_to(f, dev) for f in feats_s]
+    feats = [_gram_ready(f, dev) for f in feats]
+    feats_s = [_gram_ready(f, dev) for f in feats_s]
     coef = coef.to(dev, torch.float64)
     a = torch.empty(n, n, dtype=torch.float64, device=dev)
     for rows in _row_blocks(n, n):
@@ -461,14 +462,17 @@ def _layerwise_a(
     return a
 
 
-def _to(f: _LayerFeatures, dev: torch.device) -> _LayerFeatures:
+def _gram_ready(f: _LayerFeatures, dev: torch.device) -> _LayerFeatures:
+    """Features on the Gram's device in its precision (float64), converted once instead of in
+    every row block."""
+
     def move(t: torch.Tensor | None) -> torch.Tensor | None:
-        return None if t is None else t.to(dev)
+        return None if t is None else t.to(dev, torch.float64)
 
     return _LayerFeatures(
         f.kind,
-        f.x.to(dev),
-        f.g.to(dev),
+        f.x.to(dev, torch.float64),
+        f.g.to(dev, torch.float64),
         f.weight,
         f.bias,
         move(f.g_bias),
@@ -626,18 +630,33 @@ def _sort_right(w: np.ndarray) -> np.ndarray:
     return w[np.lexsort((-w.imag, -w.real))]
 
 
+def _all_eigvals(a: np.ndarray) -> np.ndarray:
+    """All eigenvalues of `a` (overwritten) in a's precision: Hessenberg QR without geev's
+    balancing (seem_ray.hessenberg, ~20% faster at n = 2560), geev where that is unavailable."""
+    w = eigvals_hessenberg(a)
+    if w is None:
+        w = scipy.linalg.eigvals(a, check_finite=False, overwrite_a=True)
+    return w
+
+
+def _fortran_copy(a: np.ndarray, dtype: type) -> np.ndarray:
+    """A Fortran-ordered copy of a matrix with a's eigenvalues: the transpose of a C-ordered
+    matrix is already Fortran-ordered, so LAPACK gets it without a transposing copy."""
+    return np.array(a.T if a.flags.c_contiguous else a, dtype=dtype, order="F")
+
+
 def _dense_eigs(a: np.ndarray) -> np.ndarray:
-    """All eigenvalues (float64 LAPACK geev without vectors), rightmost first."""
-    w = scipy.linalg.eigvals(a, check_finite=False)
-    return _sort_right(w)
+    """All eigenvalues in float64, rightmost first."""
+    return _sort_right(_all_eigvals(_fortran_copy(a, np.float64)))
 
 
 def _mixed_eigs(a: np.ndarray) -> np.ndarray | None:
     """The rightmost eigenvalue of a (||a||_F == 1), located in float32 and refined in float64.
 
     Why the SEEM error stays far below 1e-6 (SEEM = lam / ||a||_F, so errors are in units of 1):
-    sgeev is backward stable, so its eigenvalues c are exact for a + E, ||E|| ~ eps32 (~1e-7),
-    each within delta ~ kappa(lam) * ||E|| of an eigenvalue of a. Inverse iteration with a
+    the float32 Hessenberg QR (like sgeev) is backward stable, so its eigenvalues c are exact
+    for a + E, ||E|| ~ eps32 (~1e-7), each within delta ~ kappa(lam) * ||E|| of an eigenvalue
+    of a. Inverse iteration with a
     float64 LU of a - c I (complex LU for complex c) converges to the eigenvalue of a nearest c;
     it is accepted only at residual ||a v - lam v|| <= MIXED_TOL with ||v|| = 1 (lam exact for
     a + F, ||F|| <= 1e-10: the float64 answer dense eigvals would give) and |lam - c| <=
@@ -651,7 +670,7 @@ def _mixed_eigs(a: np.ndarray) -> np.ndarray | None:
     gamma 0/0.99/1.2, trained critics, near-zero clusters and complex rightmost pairs.
     """
     n = a.shape[0]
-    w32 = scipy.linalg.eigvals(a.astype(np.float32), check_finite=False, overwrite_a=True)
+    w32 = _all_eigvals(_fortran_copy(a, np.float32))
     if not np.all(np.isfinite(w32)):
         return None
     cands = _sort_right(w32.astype(np.complex128))
@@ -685,7 +704,9 @@ def _inverse_iteration(a: np.ndarray, c: complex, start: np.ndarray) -> complex 
     sigma: complex | float = c.real if real else c
     v = start.real.copy() if real else start.copy()
     for offset in (0.0, 1e-12, 1e-9):  # an exactly singular shift would give inf: nudge it
-        m = a.copy() if real else a.astype(np.complex128)
+        # LU of (a - sigma I)^T, Fortran-ordered without a transposing copy; solved with trans=1.
+        m = _fortran_copy(a, np.float64 if real else np.complex128)
+        transposed = a.flags.c_contiguous  # _fortran_copy took a.T
         m.flat[:: n + 1] -= sigma + offset
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
@@ -697,7 +718,7 @@ def _inverse_iteration(a: np.ndarray, c: complex, start: np.ndarray) -> complex 
         return None
     v /= np.linalg.norm(v)
     for _ in range(MIXED_ITERS):
-        y = scipy.linalg.lu_solve(lu, v, check_finite=False)
+        y = scipy.linalg.lu_solve(lu, v, trans=1 if transposed else 0, check_finite=False)
         norm = float(np.linalg.norm(y))
         if not math.isfinite(norm) or norm == 0.0:
             return None
@@ -769,6 +790,11 @@ def _unique_rows(
     n = x0.shape[0]
     key = torch.cat([t.detach().double() for t in (x0, x1, s0, s1)], 1)
     key = torch.cat([key, coef.to(key.device, torch.float64)[:, None]], 1)
+    # Rows whose random projections all differ are all distinct: a 1-D check instead of
+    # torch.unique(dim=0), which compares rows one pair at a time (~25 ms at n = 2560).
+    direction = torch.randn(key.shape[1], generator=torch.Generator().manual_seed(0))
+    if torch.unique(key @ direction.to(key.device, torch.float64)).shape[0] == n:
+        return x0, x1, s0, s1, coef, None
     _, inverse, counts = torch.unique(key, dim=0, return_inverse=True, return_counts=True)
     u = counts.shape[0]
     if u == n:
