@@ -354,11 +354,22 @@ def _linear_features(m: nn.Linear, x: torch.Tensor, g: torch.Tensor, b: bool) ->
     return _LayerFeatures("linear", x, g / sigma, True, b, g_bias=g, low_left=left, low_right=right)
 
 
+@dataclass(frozen=True)
+class _Hadamard:
+    """One layer's Gram block (x1 x2^T [+ 1]) * (g1 g2^T), kept as factors until accumulated."""
+
+    x1: torch.Tensor
+    x2: torch.Tensor
+    g1: torch.Tensor
+    g2: torch.Tensor
+    plus_one: bool  # a bias merged into the input side
+
+
 def _linear_block(
     f1: _LayerFeatures, f2: _LayerFeatures, rows: slice
-) -> tuple[tuple[torch.Tensor, torch.Tensor] | None, list[torch.Tensor], list[torch.Tensor]]:
-    """Rows `rows` of one layer's Gram as (the two factors of its Hadamard block, or None; left
-    and right low-rank factors)."""
+) -> tuple[_Hadamard | None, list[torch.Tensor], list[torch.Tensor]]:
+    """Rows `rows` of one layer's Gram as (its Hadamard block or None, left and right low-rank
+    factors)."""
     x1, g1 = f1.x[rows].double(), f1.g[rows].double()
     x2, g2 = f2.x.double(), f2.g.double()
     d_in, d_out = x1.shape[1], g1.shape[1]
@@ -384,43 +395,77 @@ def _linear_block(
             left.append(g1)
             right.append(g2)
         return None, left, right
-    xx = x1 @ x2.T
-    if merged_bias:
-        xx += 1.0
-    return (xx, g1 @ g2.T), left, right
+    return _Hadamard(x1, x2, g1, g2, merged_bias), left, right
 
 
 def _gram_parts(
     feats1: list[_LayerFeatures], feats2: list[_LayerFeatures], rows: slice
-) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-    """Rows `rows` of G(X1, X2) as (sum of Hadamard blocks, left, right): G = H + left right^T."""
+) -> tuple[list[_Hadamard], torch.Tensor | None, torch.Tensor | None]:
+    """Rows `rows` of G(X1, X2) as (Hadamard blocks, left, right): G = sum(blocks) + left right^T."""
+    blocks: list[_Hadamard] = []
     lefts: list[torch.Tensor] = []
     rights: list[torch.Tensor] = []
-    out: torch.Tensor | None = None
     for f1, f2 in zip(feats1, feats2, strict=True):
         block, left, right = _linear_block(f1, f2, rows)
         lefts += left
         rights += right
-        if block is None:
-            continue
-        if out is None:
-            out = block[0].mul_(block[1])
-        else:
-            out.addcmul_(*block)  # one pass over the n x n block instead of a mul and an add
+        if block is not None:
+            blocks.append(block)
     if not lefts:
-        return out, None, None
-    return out, torch.cat(lefts, 1), torch.cat(rights, 1)
+        return blocks, None, None
+    return blocks, torch.cat(lefts, 1), torch.cat(rights, 1)
+
+
+def _accumulate(
+    out: torch.Tensor,
+    blocks: list[_Hadamard],
+    scratch: tuple[torch.Tensor, torch.Tensor],
+    *,
+    filled: bool,
+    sign: float,
+) -> bool:
+    """out (+)= sign * sum of the Hadamard blocks; returns whether out now holds a value.
+
+    Each block's two products go into the same two scratch buffers: at n = 2560 a fresh n x n
+    float64 buffer costs ~14 ms of page faults here, about half a product's own time.
+    """
+    xx, gg = scratch
+    for b in blocks:
+        torch.mm(b.x1, b.x2.T, out=xx)
+        if b.plus_one:
+            xx += 1.0
+        torch.mm(b.g1, b.g2.T, out=gg)
+        if filled:
+            out.addcmul_(xx, gg, value=sign)
+        else:
+            torch.mul(xx, gg, out=out)
+            if sign != 1.0:
+                out.mul_(sign)
+            filled = True
+    return filled
+
+
+def _add_low_rank(out: torch.Tensor, left: torch.Tensor, right: torch.Tensor, filled: bool) -> None:
+    """out (+)= left right^T."""
+    if filled:
+        out.addmm_(left, right.T)
+    else:
+        torch.mm(left, right.T, out=out)
 
 
 def _gram_rows(
     feats1: list[_LayerFeatures], feats2: list[_LayerFeatures], rows: slice
 ) -> torch.Tensor:
     """Rows `rows` of G(X1, X2) from layer features (seem.md section 4)."""
-    out, left, right = _gram_parts(feats1, feats2, rows)
+    blocks, left, right = _gram_parts(feats1, feats2, rows)
+    n_rows, n_cols = len(range(*rows.indices(feats1[0].x.shape[0]))), feats2[0].x.shape[0]
+    out = torch.empty(n_rows, n_cols, dtype=torch.float64, device=feats1[0].x.device)
+    scratch = (torch.empty_like(out), torch.empty_like(out)) if blocks else (out, out)
+    filled = _accumulate(out, blocks, scratch, filled=False, sign=1.0)
     if left is not None and right is not None:
-        low = left @ right.T
-        out = low if out is None else out.add_(low)
-    assert out is not None
+        _add_low_rank(out, left, right, filled)
+        filled = True
+    assert filled
     return out
 
 
@@ -445,20 +490,24 @@ def _layerwise_a(
     feats_s = [_gram_ready(f, dev) for f in feats_s]
     coef = coef.to(dev, torch.float64)
     a = torch.empty(n, n, dtype=torch.float64, device=dev)
-    for rows in _row_blocks(n, n):
+    blocks_rows = list(_row_blocks(n, n))
+    rows_max = blocks_rows[0].stop - blocks_rows[0].start
+    scratch_buf = torch.empty(2, rows_max, n, dtype=torch.float64, device=dev)
+    for rows in blocks_rows:
+        out = a[rows]
+        scratch = (scratch_buf[0, : out.shape[0]], scratch_buf[1, : out.shape[0]])
         c = coef[rows, None]
-        hada_s, left_s, right = _gram_parts(feats_s, feats, rows)
-        hada, left, _ = _gram_parts(feats, feats, rows)
-        if hada_s is not None and hada is not None:
-            hada_s *= c
-            hada_s -= hada
-        del hada
+        blocks_s, left_s, right = _gram_parts(feats_s, feats, rows)
+        blocks, left, _ = _gram_parts(feats, feats, rows)
+        filled = _accumulate(out, blocks_s, scratch, filled=False, sign=1.0)
+        if filled:
+            out *= c
+        filled = _accumulate(out, blocks, scratch, filled=filled, sign=-1.0)
         # Both Grams share the right factors (features of X): one product for their difference.
         if left_s is not None and left is not None and right is not None:
-            low = torch.mul(left_s, c).sub_(left) @ right.T
-            hada_s = low if hada_s is None else hada_s.add_(low)
-        assert hada_s is not None
-        a[rows] = hada_s
+            _add_low_rank(out, torch.mul(left_s, c).sub_(left), right, filled)
+            filled = True
+        assert filled
     return a
 
 
