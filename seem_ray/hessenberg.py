@@ -54,16 +54,18 @@ def _hseqr(prefix: str) -> Callable[..., None] | None:
         from scipy.linalg import cython_lapack
 
         capsule = cython_lapack.__pyx_capi__[f"{prefix}hseqr"]  # type: ignore[attr-defined]
-        get_name = ctypes.pythonapi.PyCapsule_GetName
-        get_name.restype, get_name.argtypes = ctypes.c_char_p, [ctypes.py_object]
-        get_pointer = ctypes.pythonapi.PyCapsule_GetPointer
-        get_pointer.restype, get_pointer.argtypes = (
-            ctypes.c_void_p,
-            [ctypes.py_object, ctypes.c_char_p],
+        # Own prototypes rather than setting argtypes on the shared ctypes.pythonapi entries.
+        get_name = ctypes.PYFUNCTYPE(ctypes.c_char_p, ctypes.py_object)(
+            ("PyCapsule_GetName", ctypes.pythonapi)
+        )
+        get_pointer = ctypes.PYFUNCTYPE(ctypes.c_void_p, ctypes.py_object, ctypes.c_char_p)(
+            ("PyCapsule_GetPointer", ctypes.pythonapi)
         )
         name = get_name(capsule)
-        # Real typedefs are spelled like __pyx_t_5scipy_6linalg_13cython_lapack_s: normalise them.
+        # Real typedefs are spelled like __pyx_t_5scipy_6linalg_13cython_lapack_s (or plainly
+        # float / double): normalise them to s / d.
         sig = re.sub(r"__pyx_t_\w*?cython_lapack_([sd]) \*", r"\1 *", name.decode())
+        sig = sig.replace("float *", "s *").replace("double *", "d *")
         if sig != _SIGNATURE.format(t=f"{prefix} *"):
             log.debug("unexpected %shseqr signature %r; using geev", prefix, sig)
             return None
