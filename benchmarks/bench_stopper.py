@@ -136,6 +136,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
+    if args.replay_every < 0:
+        print(
+            f"bench_stopper: --replay-every must be >= 0; got {args.replay_every}", file=sys.stderr
+        )
+        return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     from seem_ray.tune import init_ray, run_sweep
 
