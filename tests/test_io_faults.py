@@ -22,6 +22,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from tiny_run import TINY_RUN
 
 import seem_ray.checkpoint
 import seem_ray.runtime
@@ -32,19 +33,7 @@ from seem_ray.runner import run_local
 
 pytestmark = pytest.mark.faults  # `make test-faults` runs these with the kill tests
 
-TINY = [
-    "data.max_transitions=300",
-    "algo.batch_size=32",
-    "critic.hidden=[16, 16]",
-    "actor.hidden=[16, 16]",
-    "seem.every=20",
-    "seem.probe_size=16",
-    "train.steps=80",
-    "train.log_every=20",
-    "train.checkpoint_every=20",
-    "train.eval_episodes=0",
-    "train.threads=1",
-]
+TINY = [*TINY_RUN, "train.steps=80", "train.checkpoint_every=20"]
 STEPS = [20.0, 40.0, 60.0, 80.0]
 ENOSPC_TEXT = os.strerror(errno.ENOSPC)
 needs_proc_fd = pytest.mark.skipif(

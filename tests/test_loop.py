@@ -5,23 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from tiny_run import TINY_RUN
 
 from seem_ray.config import load_run_config, parse_set_expressions
 from seem_ray.loop import TrainingRun, prepare_data
 
-TINY = [
-    "data.dataset=seem_ray/pointmaze-umaze-dense-v0",
-    "data.max_transitions=300",
-    "algo.batch_size=32",
-    "critic.hidden=[16, 16]",
-    "actor.hidden=[16, 16]",
-    "seem.every=20",
-    "seem.probe_size=16",
-    "train.steps=40",
-    "train.log_every=20",
-    "train.eval_episodes=0",
-    "train.threads=1",
-]
+TINY = ["data.dataset=seem_ray/pointmaze-umaze-dense-v0", *TINY_RUN, "train.steps=40"]
 
 
 def _train(bf16: bool) -> tuple[TrainingRun, list[dict[str, float]]]:
