@@ -11,6 +11,9 @@ Losses (B = batch, E = critic heads, M = max_action):
 - critic         sum_e mean_b (Q_e(s, a) - y)^2   (TD3's mse(Q1, y) + mse(Q2, y))
 - actor          -lambda * mean_b Q_1(s, pi(s)) + bc_weight * mean_{b,dims} (pi(s) - a)^2,
                  lambda = bc_alpha / mean_b |Q_1(s, pi(s))|  (no gradient through lambda)
+
+With plain ReLU nets (the paper's setting) the gradients come from the hand-written backward
+in algos/handgrad.py instead of autograd: same values, ~10% less time per step on CPU.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import torch
 
 from seem_ray import metrics as M
+from seem_ray.algos import handgrad
 from seem_ray.algos.base import (
     OfflineAlgorithm,
     TargetUpdate,
@@ -96,6 +100,11 @@ class TD3BC(OfflineAlgorithm):
             [(self.critic_target, self.critic), (self.actor_target, self.actor)]
         )
         self._set_forward_modules(critic=self.critic, actor=self.actor)
+        # Plain ReLU nets train with the hand-written backward (same maths, no autograd
+        # engine); set False to force autograd (tests compare the two).
+        self.hand_backward = handgrad.is_plain_critic(self.critic) and handgrad.is_plain_actor(
+            self.actor
+        )
         self._track(
             critic=self.critic,
             critic_target=self.critic_target,
@@ -113,6 +122,7 @@ class TD3BC(OfflineAlgorithm):
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
         hp = self.hp
         self.step += 1
+        by_hand = self._by_hand()
 
         # Critic: regress every head on the clipped double-Q target.
         with torch.no_grad():
@@ -126,21 +136,29 @@ class TD3BC(OfflineAlgorithm):
             )
             next_q = min_over_heads(self.critic_target(batch.next_obs, next_act))
             target = bellman_target(batch.rew, batch.done, self.cfg.gamma, next_q)
-        q = self._fwd["critic"](batch.obs, batch.act)
-        critic_loss = ensemble_mse(q, target)
         self.critic_opt.zero_grad(set_to_none=True)
-        critic_loss.backward()
+        if by_hand:
+            q, critic_loss = self._critic_grads_by_hand(batch, target)
+        else:
+            q = self._fwd["critic"](batch.obs, batch.act)
+            critic_loss = ensemble_mse(q, target)
+            critic_loss.backward()
         critic_grad_norm = grad_norm(self._critic_params)
         self.critic_opt.step()
 
         # Actor and targets: delayed. Only actor grads are computed (inputs=), so the critic's
         # weights get no stray gradients and the plain (unwrapped) critic is enough here.
         if self.step % hp.policy_freq == 0:
-            pi = self._fwd["actor"](batch.obs)
-            q_pi = self.critic.forward_head(batch.obs, pi, 0)
-            actor_loss, bc_loss = td3bc_actor_loss(q_pi, pi, batch.act, hp.bc_alpha, hp.bc_weight)
             self.actor_opt.zero_grad(set_to_none=True)
-            actor_loss.backward(inputs=self._actor_params)
+            if by_hand:
+                actor_loss, bc_loss = self._actor_grads_by_hand(batch)
+            else:
+                pi = self._fwd["actor"](batch.obs)
+                q_pi = self.critic.forward_head(batch.obs, pi, 0)
+                actor_loss, bc_loss = td3bc_actor_loss(
+                    q_pi, pi, batch.act, hp.bc_alpha, hp.bc_weight
+                )
+                actor_loss.backward(inputs=self._actor_params)
             self.actor_opt.step()
             self._update_targets(self.cfg.tau)
             self._tensors["actor_loss"] = actor_loss.detach()
@@ -155,3 +173,45 @@ class TD3BC(OfflineAlgorithm):
             M.BATCH_Q_MAX: q.max(),
             M.CRITIC_GRAD_NORM: critic_grad_norm,
         }
+
+    # --- the hand-written backward (algos/handgrad.py) ----------------------------------------
+
+    def _by_hand(self) -> bool:
+        """Plain nets, no DDP wrapper (it reduces grads from autograd hooks), no autocast."""
+        return (
+            self.hand_backward
+            and self._fwd["critic"] is self.critic
+            and self._fwd["actor"] is self.actor
+            and not torch.is_autocast_enabled(self.device.type)
+        )
+
+    @torch.no_grad()
+    def _critic_grads_by_hand(
+        self, batch: Batch, target: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """ensemble_mse's value and gradients: dL/dQ_e = 2 (Q_e - y) / B."""
+        q, acts = handgrad.critic_forward(self.critic, torch.cat([batch.obs, batch.act], dim=-1))
+        err = q - target
+        loss = err.square().mean(dim=-1).sum()
+        handgrad.critic_param_grads(self.critic, acts, err.mul_(2.0 / err.shape[-1]))
+        return q, loss
+
+    @torch.no_grad()
+    def _actor_grads_by_hand(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """td3bc_actor_loss's value and gradients (lambda constant, as in autograd's detach)."""
+        hp = self.hp
+        pi, actor_acts = handgrad.actor_forward(self.actor, batch.obs)  # type: ignore[arg-type]
+        q_pi, critic_acts = handgrad.critic_forward(
+            self.critic, torch.cat([batch.obs, pi], dim=-1), head=0
+        )
+        b, a = pi.shape
+        lmbda = hp.bc_alpha / q_pi.abs().mean()
+        diff = pi - batch.act
+        bc = diff.square().mean()
+        loss = -lmbda * q_pi.mean() + hp.bc_weight * bc
+        grad_q = (-lmbda / b).expand(1, b)
+        grad_pi = handgrad.critic_action_grad(self.critic, critic_acts, grad_q, head=0)
+        if hp.bc_weight:
+            grad_pi = grad_pi + diff.mul_(2.0 * hp.bc_weight / (b * a))
+        handgrad.actor_param_grads(self.actor, actor_acts, grad_pi)  # type: ignore[arg-type]
+        return loss, bc
