@@ -427,7 +427,7 @@ class DeterministicActor(nn.Module):
                 h = torch.relu(h)
             else:
                 h = torch.tanh(h)
-        return self.max_action * h
+        return h if self.max_action == 1.0 else self.max_action * h
 
 
 class GaussianActor(nn.Module):

@@ -88,7 +88,7 @@ def bellman_target(
     rew: torch.Tensor, done: torch.Tensor, gamma: float, next_value: torch.Tensor
 ) -> torch.Tensor:
     """y = r + gamma * (1 - done) * next_value (all [B]); done = true terminal."""
-    return rew + gamma * (1.0 - done) * next_value
+    return torch.addcmul(rew, 1.0 - done, next_value, value=gamma)
 
 
 def ensemble_mse(q: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -65,14 +65,17 @@ def critic_forward(
 
     Returns Q and the saved activations [input, relu(h_1), ..., relu(h_L)], each [e, B, .].
     """
-    sel = slice(None) if head is None else slice(head, head + 1)
+
+    def sel(t: torch.Tensor) -> torch.Tensor:  # no view op at all for the all-heads case
+        return t if head is None else t[head : head + 1]
+
     e = critic.ensemble if head is None else 1
     h = x.unsqueeze(0).expand(e, *x.shape)
     acts = [h]
     for lin in critic.linears:
-        h = torch.baddbmm(lin.bias[sel], h, lin.weight[sel]).relu_()
+        h = torch.baddbmm(sel(lin.bias), h, sel(lin.weight)).relu_()
         acts.append(h)
-    q = torch.baddbmm(critic.out.bias[sel], h, critic.out.weight[sel])
+    q = torch.baddbmm(sel(critic.out.bias), h, sel(critic.out.weight))
     return q.squeeze(-1), acts
 
 
@@ -114,6 +117,11 @@ def critic_action_grad(
 # --------------------------------------------------------------------------------------------
 
 
+def _scaled(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """x * scale, skipping the op for scale 1 (exact either way; one op less in the hot path)."""
+    return x if scale == 1.0 else x * scale
+
+
 def _actor_linears(actor: DeterministicActor) -> list[nn.Linear]:
     return [m for m in actor.net if type(m) is nn.Linear]
 
@@ -131,7 +139,7 @@ def actor_forward(
         acts.append(h)
     squashed = torch.addmm(linears[-1].bias, h, linears[-1].weight.t()).tanh_()
     acts.append(squashed)
-    return actor.max_action * squashed, acts
+    return _scaled(squashed, actor.max_action), acts
 
 
 def actor_param_grads(
@@ -140,7 +148,7 @@ def actor_param_grads(
     """Set ``.grad`` of every actor parameter from dLoss/dpi [B, A]."""
     linears = _actor_linears(actor)
     squashed = acts[-1]
-    g = grad_pi * actor.max_action * (1 - squashed * squashed)  # through max_action * tanh
+    g = _scaled(grad_pi, actor.max_action) * (1 - squashed * squashed)  # max_action * tanh
     for i in range(len(linears) - 1, -1, -1):
         lin = linears[i]
         lin.weight.grad = torch.mm(g.t(), acts[i])

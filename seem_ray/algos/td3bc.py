@@ -127,15 +127,21 @@ class TD3BC(OfflineAlgorithm):
         # Critic: regress every head on the clipped double-Q target.
         with torch.no_grad():
             noise = self._randn(*batch.act.shape)
+            if by_hand:  # the same forwards without module calls or fresh ReLU outputs
+                next_pi = handgrad.actor_forward(self.actor_target, batch.next_obs)[0]  # type: ignore[arg-type]
+            else:
+                next_pi = self.actor_target(batch.next_obs)
             next_act = smoothed_target_action(
-                self.actor_target(batch.next_obs),
-                noise,
-                hp.policy_noise,
-                hp.noise_clip,
-                self.max_action,
+                next_pi, noise, hp.policy_noise, hp.noise_clip, self.max_action
             )
-            next_q = min_over_heads(self.critic_target(batch.next_obs, next_act))
-            target = bellman_target(batch.rew, batch.done, self.cfg.gamma, next_q)
+            if by_hand:
+                x_next = torch.cat([batch.next_obs, next_act], dim=-1)
+                next_q_heads = handgrad.critic_forward(self.critic_target, x_next)[0]  # type: ignore[arg-type]
+            else:
+                next_q_heads = self.critic_target(batch.next_obs, next_act)
+            target = bellman_target(
+                batch.rew, batch.done, self.cfg.gamma, min_over_heads(next_q_heads)
+            )
         self.critic_opt.zero_grad(set_to_none=True)
         if by_hand:
             q, critic_loss = self._critic_grads_by_hand(batch, target)
