@@ -5,7 +5,8 @@ trial's full metric stream is recorded, then feeds each trial's stream to a fres
 DivergenceStopper of each kind (the same object Tune calls, in the same order) to find where it
 would have stopped. Per stopper: steps used (compute), trials stopped, detection step of each
 true diverger (|mean Q| crossed r_max/(1-gamma) within the budget), lead over the Q-bound
-stopper, and false kills (stopped trials that never crossed the bound).
+stopper (per trial, and in total: the steps each stopper let all divergers run), and false
+kills (stopped trials that never crossed the bound).
 With --live, the sweep is also run for real with the SEEM stopper to confirm the replay.
 
 A trial the SEEM stopper stopped whose Q had not crossed the bound by the budget is neither a
@@ -202,6 +203,17 @@ def main(argv: list[str] | None = None) -> int:
         if t not in confirmations or confirmations[t]["crossed_at"] is None
     ]
     confirmed_late = [t for t in stopped_no_cross if t not in false_kills]
+    # The same comparison summed over every diverging trial: steps each stopper let the
+    # divergers run (the budget when it never stopped them). Kills confirmed only beyond the
+    # budget count as divergers here, as in max_saving_for_this_mix.
+    diverger_steps = {
+        kind: sum(
+            stops[kind][t] if stops[kind][t] is not None else budget
+            for t in divergers + confirmed_late
+        )
+        for kind in stops
+    }
+    diverger_steps["none"] = budget * len(divergers + confirmed_late)
     rows = []
     for t, records in streams.items():
         overrides_t = records[-1].get("config", {}).get("overrides", {})
@@ -238,6 +250,15 @@ def main(argv: list[str] | None = None) -> int:
         "false_kills": len(false_kills),
         "kills_confirmed_beyond_budget": len(confirmed_late),
         "leads_x": sorted(leads),
+        "diverger_steps": diverger_steps,
+        "total_lead_x": (
+            diverger_steps["q_bound"] / diverger_steps["seem"] if diverger_steps["seem"] else None
+        ),
+        "diverger_steps_saved": (
+            1.0 - diverger_steps["seem"] / diverger_steps["none"]
+            if diverger_steps["none"]
+            else None
+        ),
         "max_saving_for_this_mix": len(divergers + confirmed_late) / len(streams),
         "share_of_max_saving": (
             (1.0 - used["seem"] / used["none"]) / (len(divergers + confirmed_late) / len(streams))
@@ -262,6 +283,8 @@ def main(argv: list[str] | None = None) -> int:
             "steps_saved_vs_none",
             "median_lead_x",
             "min_lead_x",
+            "total_lead_x",
+            "diverger_steps_saved",
             "false_kills",
             "kills_confirmed_beyond_budget",
             "share_of_max_saving",
