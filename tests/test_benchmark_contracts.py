@@ -1,0 +1,63 @@
+"""The benchmark scripts' command-line contracts (design.md), on tiny sizes: what other tools
+parse is the last stdout line as JSON; bad input exits 2 with one line. Speed itself is only
+measured by running the benchmarks, never here."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(script: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+
+
+def last_json(proc: subprocess.CompletedProcess[str]) -> dict:
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algo", ["td3bc", "iql", "cql"])
+def test_bench_train_prints_speeds_and_the_baseline_ratio(algo: str) -> None:
+    tiny = ["--steps", "4", "--warmup", "1", "--chunk", "2", "--dataset-size", "500"]
+    out = last_json(run("bench_train.py", "--algo", algo, *tiny, "--hidden", "16,16", "--json"))
+    assert out["algo"] == algo and out["hidden"] == [16, 16] and out["steps"] == 4
+    for key in ("steps_per_s", "baseline_steps_per_s", "ms_per_step"):
+        assert out[key] > 0 and math.isfinite(out[key]), key
+    assert out["speedup"] == pytest.approx(out["steps_per_s"] / out["baseline_steps_per_s"], 1e-2)
+
+
+@pytest.mark.slow
+def test_bench_seem_prints_seconds_and_seem() -> None:
+    out = last_json(run("bench_seem.py", "--n", "32", "--repeats", "1", "--json"))
+    assert out["seconds"] > 0
+    assert -1.0 <= out["seem"] <= 1.0
+
+
+@pytest.mark.parametrize(
+    ("script", "args", "needle"),
+    [
+        ("bench_train.py", ["--steps", "0"], "--steps must be >= 1"),
+        ("bench_train.py", ["--hidden", "a,b"], "--hidden"),
+        ("bench_stopper.py", ["--replay-every", "-1"], "--replay-every"),
+    ],
+)
+def test_bad_arguments_exit_2_with_one_line(script: str, args: list[str], needle: str) -> None:
+    proc = run(script, *args)
+    assert proc.returncode == 2
+    assert needle in proc.stderr
+    assert proc.stdout == ""
