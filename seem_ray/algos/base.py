@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
 
+from seem_ray.algos import handgrad
 from seem_ray.data.batches import Batch
 from seem_ray.nets import EnsembleCritic
 
@@ -290,6 +291,10 @@ class OfflineAlgorithm:
 
     critic: EnsembleCritic
     actor: nn.Module
+    critic_opt: torch.optim.Optimizer
+    # Train plain ReLU critics with the hand-written backward (algos/handgrad.py): same values,
+    # no autograd engine. Subclasses set it after building the critic; False forces autograd.
+    hand_backward: bool = False
 
     def __init__(self, device: torch.device) -> None:
         self.device = torch.device(device)
@@ -315,6 +320,36 @@ class OfflineAlgorithm:
 
     def _rand(self, *shape: int) -> torch.Tensor:
         return torch.rand(shape, generator=self.generator, device=self.device)
+
+    # --- the critic's regression step, shared --------------------------------------------------
+
+    def _critic_by_hand(self) -> bool:
+        """Plain ReLU critic, not DDP-wrapped (DDP reduces grads from autograd hooks), no
+        autocast (bf16 grads would not fit the fp32 .grad): use algos/handgrad.py."""
+        return (
+            self.hand_backward
+            and self._fwd["critic"] is self.critic
+            and not torch.is_autocast_enabled(self.device.type)
+        )
+
+    def _critic_mse_grads(
+        self, obs: torch.Tensor, act: torch.Tensor, target: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Q(obs, act) [E, B] and ``ensemble_mse(Q, target)``, with its gradients left in the
+        critic's ``.grad`` (zeroed first): by hand for plain critics, else through autograd."""
+        self.critic_opt.zero_grad(set_to_none=True)
+        if not self._critic_by_hand():
+            q = self._fwd["critic"](obs, act)
+            loss = ensemble_mse(q, target)
+            loss.backward()
+            return q, loss
+        with torch.no_grad():
+            q, acts = handgrad.critic_forward(self.critic, torch.cat([obs, act], dim=-1))
+            err = q - target
+            loss = err.square().mean(dim=-1).sum()
+            # d/dQ_e of sum_e mean_b (Q_e - y)^2 = 2 (Q_e - y) / B
+            handgrad.critic_param_grads(self.critic, acts, err.mul_(2.0 / err.shape[-1]))
+        return q, loss
 
     # --- policy -----------------------------------------------------------------------------
 

@@ -1,9 +1,10 @@
 """Hand-written backward passes for plain ReLU MLPs: TD3's hot path without the autograd engine.
 
-Flow position: TD3BC.update -> here (critic and actor gradients) -> optimizers. Used only when
-both nets are plain (ReLU hidden layers, no norm, no dropout), not DDP-wrapped (DDP reduces
-gradients from autograd hooks) and outside autocast; otherwise the update runs through
-autograd. Plain ReLU critics are the paper's divergence setting, the one sweeps run most.
+Flow position: algorithm update -> here -> optimizers. The critic's regression step of TD3+BC
+and IQL (OfflineAlgorithm._critic_mse_grads) and TD3+BC's actor step use it when the nets are
+plain (ReLU hidden layers, no norm, no dropout), not DDP-wrapped (DDP reduces gradients from
+autograd hooks) and outside autocast; otherwise they run through autograd. Plain ReLU critics
+are the paper's divergence setting, the one sweeps run most.
 
 Why: a 256-256 TD3 step on CPU spends as long in the autograd engine and per-op bookkeeping as
 in its matmuls. The backward here calls the same kernels autograd would (bmm/mm for weight and

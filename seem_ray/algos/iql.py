@@ -19,11 +19,11 @@ from __future__ import annotations
 import torch
 
 from seem_ray import metrics as M
+from seem_ray.algos import handgrad
 from seem_ray.algos.base import (
     OfflineAlgorithm,
     TargetUpdate,
     bellman_target,
-    ensemble_mse,
     grad_norm,
     make_optimizer,
     make_target,
@@ -77,6 +77,7 @@ class IQL(OfflineAlgorithm):
         self.value_opt = make_optimizer(self.value.parameters(), self.hp.value_lr)
         self.actor_opt = make_optimizer(self.actor.parameters(), algo.actor_lr)
         self._critic_params = list(self.critic.parameters())
+        self.hand_backward = handgrad.is_plain_critic(self.critic)
         self._update_targets = TargetUpdate([(self.critic_target, self.critic)])
         self._set_forward_modules(critic=self.critic, actor=self.actor, value=self.value)
         self._track(
@@ -109,10 +110,7 @@ class IQL(OfflineAlgorithm):
 
         # Q: one-step backup through V, then the target critic.
         target = bellman_target(batch.rew, batch.done, self.cfg.gamma, next_v)
-        q = self._fwd["critic"](batch.obs, batch.act)
-        critic_loss = ensemble_mse(q, target)
-        self.critic_opt.zero_grad(set_to_none=True)
-        critic_loss.backward()
+        q, critic_loss = self._critic_mse_grads(batch.obs, batch.act, target)
         critic_grad_norm = grad_norm(self._critic_params)
         self.critic_opt.step()
         self._update_targets(self.cfg.tau)

@@ -26,7 +26,6 @@ from seem_ray.algos.base import (
     OfflineAlgorithm,
     TargetUpdate,
     bellman_target,
-    ensemble_mse,
     grad_norm,
     make_optimizer,
     make_target,
@@ -100,8 +99,7 @@ class TD3BC(OfflineAlgorithm):
             [(self.critic_target, self.critic), (self.actor_target, self.actor)]
         )
         self._set_forward_modules(critic=self.critic, actor=self.actor)
-        # Plain ReLU nets train with the hand-written backward (same maths, no autograd
-        # engine); set False to force autograd (tests compare the two).
+        # The hand-written backward needs both nets plain (ReLU, no norm): see handgrad.py.
         self.hand_backward = handgrad.is_plain_critic(self.critic) and handgrad.is_plain_actor(
             self.actor
         )
@@ -142,13 +140,7 @@ class TD3BC(OfflineAlgorithm):
             target = bellman_target(
                 batch.rew, batch.done, self.cfg.gamma, min_over_heads(next_q_heads)
             )
-        self.critic_opt.zero_grad(set_to_none=True)
-        if by_hand:
-            q, critic_loss = self._critic_grads_by_hand(batch, target)
-        else:
-            q = self._fwd["critic"](batch.obs, batch.act)
-            critic_loss = ensemble_mse(q, target)
-            critic_loss.backward()
+        q, critic_loss = self._critic_mse_grads(batch.obs, batch.act, target)
         critic_grad_norm = grad_norm(self._critic_params)
         self.critic_opt.step()
 
@@ -183,24 +175,8 @@ class TD3BC(OfflineAlgorithm):
     # --- the hand-written backward (algos/handgrad.py) ----------------------------------------
 
     def _by_hand(self) -> bool:
-        """Plain nets, no DDP wrapper (it reduces grads from autograd hooks), no autocast."""
-        return (
-            self.hand_backward
-            and self._fwd["critic"] is self.critic
-            and self._fwd["actor"] is self.actor
-            and not torch.is_autocast_enabled(self.device.type)
-        )
-
-    @torch.no_grad()
-    def _critic_grads_by_hand(
-        self, batch: Batch, target: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """ensemble_mse's value and gradients: dL/dQ_e = 2 (Q_e - y) / B."""
-        q, acts = handgrad.critic_forward(self.critic, torch.cat([batch.obs, batch.act], dim=-1))
-        err = q - target
-        loss = err.square().mean(dim=-1).sum()
-        handgrad.critic_param_grads(self.critic, acts, err.mul_(2.0 / err.shape[-1]))
-        return q, loss
+        """The critic by hand (base class) and a plain, unwrapped actor too."""
+        return self._critic_by_hand() and self._fwd["actor"] is self.actor
 
     @torch.no_grad()
     def _actor_grads_by_hand(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
