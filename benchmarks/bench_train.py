@@ -7,7 +7,9 @@ Trains on synthetic data (state 17, action 6, 256-256 nets, batch 256 by default
 as the LAST stdout line, JSON with ``steps_per_s`` (seem_ray), ``ms_per_step``, and unless
 ``--no-baseline``, ``baseline_steps_per_s`` and ``speedup`` measured IN THE SAME RUN on the
 same data with the same maths in fp32 (benchmarks/baselines.py). ``--bf16`` adds
-``bf16_steps_per_s`` (seem_ray under CPU/GPU bfloat16 autocast), reported separately.
+``bf16_steps_per_s`` (seem_ray under CPU/GPU bfloat16 autocast), reported separately;
+``--autograd`` adds ``autograd_steps_per_s`` and ``hand_backward_gain`` (seem_ray with its
+hand-written backward off: what algos/handgrad.py itself buys, in the same run).
 
 Fairness: both sides use the same ``torch.set_num_threads(--threads)``, both sample their own
 batches (seem_ray: ReplaySampler, one gather per field; baseline: CORL's numpy-indexed
@@ -81,6 +83,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-baseline", action="store_true", help="skip the reference implementation")
     p.add_argument("--bf16", action="store_true", help="also time seem_ray under bf16 autocast")
     p.add_argument(
+        "--autograd",
+        action="store_true",
+        help="also time seem_ray with its hand-written backward off (algos/handgrad.py)",
+    )
+    p.add_argument(
         "--json", action="store_true", help="(kept for the contract; JSON is always the last line)"
     )
     args = p.parse_args(argv)
@@ -94,7 +101,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def make_ours(args: argparse.Namespace, data: Transitions, bf16: bool) -> Callable[[int], None]:
+def make_ours(
+    args: argparse.Namespace, data: Transitions, bf16: bool, by_hand: bool = True
+) -> Callable[[int], None]:
     device = torch.device(args.device)
     algo = build_algorithm(
         AlgoConfig(name=args.algo, batch_size=args.batch),
@@ -105,6 +114,7 @@ def make_ours(args: argparse.Namespace, data: Transitions, bf16: bool) -> Callab
         1.0,
         device,
     )
+    algo.hand_backward = by_hand and algo.hand_backward  # type: ignore[attr-defined]
     sampler = ReplaySampler(data, args.batch, device, seed=args.seed)
     autocast = (
         (lambda: torch.autocast(device.type, dtype=torch.bfloat16))
@@ -159,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
             sides["baseline"] = make_reference(args, data)
         if args.bf16:
             sides["bf16"] = make_ours(args, data, bf16=True)
+        if args.autograd:
+            sides["autograd"] = make_ours(args, data, bf16=False, by_hand=False)
     except (ConfigError, ValueError) as err:
         print(f"bench_train: {err}", file=sys.stderr)
         return 2
@@ -194,6 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     if "bf16" in sps:
         result["bf16_steps_per_s"] = round(sps["bf16"], 2)
         result["bf16_speedup_vs_fp32"] = round(sps["bf16"] / sps["ours"], 3)
+    if "autograd" in sps:
+        result["autograd_steps_per_s"] = round(sps["autograd"], 2)
+        result["hand_backward_gain"] = round(sps["ours"] / sps["autograd"], 3)
     for name, rate in sps.items():
         log.info("%-8s %8.1f steps/s  %7.3f ms/step", name, rate, 1000.0 / rate)
     print(json.dumps(result))

@@ -34,11 +34,13 @@ def last_json(proc: subprocess.CompletedProcess[str]) -> dict:
 @pytest.mark.parametrize("algo", ["td3bc", "iql", "cql"])
 def test_bench_train_prints_speeds_and_the_baseline_ratio(algo: str) -> None:
     tiny = ["--steps", "4", "--warmup", "1", "--chunk", "2", "--dataset-size", "500"]
-    out = last_json(run("bench_train.py", "--algo", algo, *tiny, "--hidden", "16,16", "--json"))
+    args = ("--algo", algo, *tiny, "--hidden", "16,16", "--autograd", "--json")
+    out = last_json(run("bench_train.py", *args))
     assert out["algo"] == algo and out["hidden"] == [16, 16] and out["steps"] == 4
-    for key in ("steps_per_s", "baseline_steps_per_s", "ms_per_step"):
+    for key in ("steps_per_s", "baseline_steps_per_s", "ms_per_step", "autograd_steps_per_s"):
         assert out[key] > 0 and math.isfinite(out[key]), key
     assert out["speedup"] == pytest.approx(out["steps_per_s"] / out["baseline_steps_per_s"], 1e-2)
+    assert out["hand_backward_gain"] > 0
 
 
 @pytest.mark.slow

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 import torch
 
-from seem_ray.algos import IQL, TD3BC, build_algorithm, handgrad
+from seem_ray.algos import CQLSAC, IQL, TD3BC, build_algorithm, handgrad
 from seem_ray.algos.base import ensemble_mse
-from seem_ray.config import AlgoConfig, NetConfig, TD3BCConfig
+from seem_ray.config import AlgoConfig, CQLConfig, NetConfig, TD3BCConfig
 from seem_ray.data.batches import Batch
 from seem_ray.nets import DeterministicActor, EnsembleCritic
 
@@ -197,3 +197,30 @@ def test_iql_critic_by_hand_trains_like_autograd() -> None:
         AlgoConfig(name="iql"), layer, layer, OBS, ACT, 1.0, torch.device("cpu")
     )
     assert not iql_ln._critic_by_hand()  # type: ignore[attr-defined]
+
+
+def test_cql_critic_by_hand_trains_like_autograd() -> None:
+    def make_cql(hand: bool) -> CQLSAC:
+        torch.manual_seed(0)
+        net = NetConfig(hidden=(16, 16))
+        algo = build_algorithm(
+            AlgoConfig(name="cql", tau=0.5, cql=CQLConfig(n_action_samples=4, cql_alpha=5.0)),
+            net,
+            net,
+            OBS,
+            ACT,
+            1.0,
+            torch.device("cpu"),
+        )
+        assert isinstance(algo, CQLSAC)
+        algo.hand_backward = hand and algo.hand_backward
+        return algo
+
+    by_hand, autograd = make_cql(True), make_cql(False)
+    assert by_hand._critic_by_hand() and not autograd._critic_by_hand()
+    for s in range(4):
+        out_h, out_a = by_hand.update(batch(s)), autograd.update(batch(s))
+        for key in out_a:
+            torch.testing.assert_close(out_h[key], out_a[key], rtol=1e-5, atol=1e-5)
+    for p, q in zip(by_hand.critic.parameters(), autograd.critic.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from seem_ray import metrics as M
+from seem_ray.algos import handgrad
 from seem_ray.algos.base import (
     OfflineAlgorithm,
     TargetUpdate,
@@ -112,6 +113,7 @@ class CQLSAC(OfflineAlgorithm):
         self.actor_opt = make_optimizer(self.actor.parameters(), algo.actor_lr)
         self.temperature_opt = make_optimizer(self.temperature.parameters(), self.hp.temperature_lr)
         self._critic_params = list(self.critic.parameters())
+        self.hand_backward = handgrad.is_plain_critic(self.critic)
         self._actor_params = list(self.actor.parameters())
         self._update_targets = TargetUpdate([(self.critic_target, self.critic)])
         modules: dict[str, nn.Module] = {"critic": self.critic, "actor": self.actor}
@@ -185,15 +187,19 @@ class CQLSAC(OfflineAlgorithm):
             ood_act = torch.stack([rand_act, pi_act, next_pi_act], dim=1)  # [B, 3, n, A]
             log_density = torch.cat([rand_log_density, pi_log_prob, next_pi_log_prob], dim=1)
         obs_rep = batch.obs.unsqueeze(1).expand(b, 3 * n, batch.obs.shape[-1])
-        q_all = self._fwd["critic"](
-            torch.cat([batch.obs, obs_rep.reshape(b * 3 * n, -1)]),
-            torch.cat([batch.act, ood_act.reshape(b * 3 * n, self.act_dim)]),
-        )
-        q_data, q_ood = q_all[:, :b], q_all[:, b:].reshape(-1, b, 3 * n)
-        penalty = cql_penalty(q_data, q_ood, log_density)
-        critic_loss = ensemble_mse(q_data, target) + hp.cql_alpha * penalty.sum()
+        obs_all = torch.cat([batch.obs, obs_rep.reshape(b * 3 * n, -1)])
+        act_all = torch.cat([batch.act, ood_act.reshape(b * 3 * n, self.act_dim)])
         self.critic_opt.zero_grad(set_to_none=True)
-        critic_loss.backward()
+        if self._critic_by_hand():
+            q_data, penalty, critic_loss = self._critic_grads_by_hand(
+                obs_all, act_all, target, log_density
+            )
+        else:
+            q_all = self._fwd["critic"](obs_all, act_all)
+            q_data, q_ood = q_all[:, :b], q_all[:, b:].reshape(-1, b, 3 * n)
+            penalty = cql_penalty(q_data, q_ood, log_density)
+            critic_loss = ensemble_mse(q_data, target) + hp.cql_alpha * penalty.sum()
+            critic_loss.backward()
         critic_grad_norm = grad_norm(self._critic_params)
         self.critic_opt.step()
         self._update_targets(self.cfg.tau)
@@ -208,3 +214,31 @@ class CQLSAC(OfflineAlgorithm):
             M.BATCH_Q_MAX: q.max(),
             M.CRITIC_GRAD_NORM: critic_grad_norm,
         }
+
+    @torch.no_grad()
+    def _critic_grads_by_hand(
+        self,
+        obs_all: torch.Tensor,
+        act_all: torch.Tensor,
+        target: torch.Tensor,
+        log_density: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The critic loss's value and gradients through algos/handgrad.py (plain critics).
+
+        d/dQ_e(s, a) = 2 (Q_e - y) / B - cql_alpha / B on data rows, and
+        d/dQ_e(s, a_k) = cql_alpha * softmax_k(Q_e(s, a_k) - log mu(a_k)) / B on sampled rows.
+        """
+        b, k = log_density.shape
+        q_all, acts = handgrad.critic_forward(self.critic, torch.cat([obs_all, act_all], dim=-1))
+        q_data, q_ood = q_all[:, :b], q_all[:, b:].reshape(-1, b, k)
+        logits = q_ood - log_density
+        lse = torch.logsumexp(logits, dim=-1)
+        penalty = (lse - q_data).mean(dim=-1)
+        err = q_data - target
+        alpha = self.hp.cql_alpha
+        loss = err.square().mean(dim=-1).sum() + alpha * penalty.sum()
+        grad_data = err.mul_(2.0 / b).sub_(alpha / b)
+        grad_ood = logits.sub_(lse.unsqueeze(-1)).exp_().mul_(alpha / b)
+        grad_q = torch.cat([grad_data, grad_ood.reshape(grad_ood.shape[0], b * k)], dim=1)
+        handgrad.critic_param_grads(self.critic, acts, grad_q)
+        return q_data, penalty, loss
