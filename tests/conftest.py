@@ -15,6 +15,18 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 TINY_DATASET = "seem_ray/pointmaze-umaze-dense-v0"
 
 
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """Tiny nets: one torch thread avoids OpenMP stalls on a shared 2-core machine.
+    Modules opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def shared_datasets(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A session-wide dataset root holding one tiny PointMaze dataset (made once)."""

@@ -6,11 +6,11 @@ from __future__ import annotations
 import io
 import math
 import sys
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import torch
+from tiny_batches import ACT, OBS, random_batch
 from torch import nn
 
 from seem_ray import metrics as M
@@ -30,7 +30,9 @@ from seem_ray.config import (
 )
 from seem_ray.data.batches import Batch
 
-OBS, ACT, B = 5, 3, 16
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+B = 16
 ALGOS = ("td3bc", "iql", "cql")
 EXPECTED_KEYS = {
     "td3bc": {
@@ -73,14 +75,7 @@ def make(
 
 
 def batch(seed: int = 0, b: int = B) -> Batch:
-    g = torch.Generator().manual_seed(seed)
-    return Batch(
-        obs=torch.randn(b, OBS, generator=g),
-        act=torch.rand(b, ACT, generator=g) * 2 - 1,
-        rew=torch.randn(b, generator=g),
-        next_obs=torch.randn(b, OBS, generator=g),
-        done=(torch.rand(b, generator=g) < 0.25).float(),
-    )
+    return random_batch(seed, b)
 
 
 def params(m: nn.Module) -> list[torch.Tensor]:
@@ -92,15 +87,6 @@ def snapshot(state: dict[str, Any]) -> dict[str, Any]:
     torch.save(state, buf)
     buf.seek(0)
     return torch.load(buf, weights_only=False)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny nets: one thread avoids OpenMP stalls on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # --------------------------------------------------------------------------------------------

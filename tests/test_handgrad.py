@@ -3,38 +3,25 @@ conditions under which TD3+BC uses it."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import torch
+from tiny_batches import ACT, OBS, random_batch
 
-from seem_ray.algos import CQLSAC, IQL, TD3BC, build_algorithm, handgrad
-from seem_ray.algos.base import ensemble_mse
+from seem_ray.algos import TD3BC, build_algorithm, handgrad
+from seem_ray.algos.base import OfflineAlgorithm, ensemble_mse
 from seem_ray.config import AlgoConfig, CQLConfig, NetConfig, TD3BCConfig
 from seem_ray.data.batches import Batch
 from seem_ray.nets import DeterministicActor, EnsembleCritic
 
-OBS, ACT, B = 5, 3, 32
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+B = 32
 
 
 def batch(seed: int) -> Batch:
-    g = torch.Generator().manual_seed(seed)
-    return Batch(
-        obs=torch.randn(B, OBS, generator=g),
-        act=torch.rand(B, ACT, generator=g) * 2 - 1,
-        rew=torch.randn(B, generator=g),
-        next_obs=torch.randn(B, OBS, generator=g),
-        done=(torch.rand(B, generator=g) < 0.25).float(),
-    )
+    return random_batch(seed, B)
 
 
 def grads(module: torch.nn.Module) -> list[torch.Tensor]:
@@ -173,50 +160,26 @@ def test_is_plain_actor_rejects_other_policies() -> None:
     assert not handgrad.is_plain_actor(torch.nn.Linear(OBS, ACT))
 
 
-def test_iql_critic_by_hand_trains_like_autograd() -> None:
-    def make_iql(hand: bool) -> IQL:
-        torch.manual_seed(0)
-        net = NetConfig(hidden=(16, 16))
-        algo = build_algorithm(
-            AlgoConfig(name="iql", tau=0.5), net, net, OBS, ACT, 1.0, torch.device("cpu")
-        )
-        assert isinstance(algo, IQL)
-        algo.hand_backward = hand and algo.hand_backward
-        return algo
+CRITIC_ONLY = {  # algorithms whose critic step alone goes by hand (their actors are stochastic)
+    "iql": AlgoConfig(name="iql", tau=0.5),
+    "cql": AlgoConfig(name="cql", tau=0.5, cql=CQLConfig(n_action_samples=4, cql_alpha=5.0)),
+}
 
-    by_hand, autograd = make_iql(True), make_iql(False)
-    assert by_hand._critic_by_hand() and not autograd._critic_by_hand()
-    for s in range(4):
-        out_h, out_a = by_hand.update(batch(s)), autograd.update(batch(s))
-        for key in out_a:
-            torch.testing.assert_close(out_h[key], out_a[key], rtol=1e-5, atol=1e-6)
-    for p, q in zip(by_hand.critic.parameters(), autograd.critic.parameters(), strict=True):
-        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
-    layer = NetConfig(hidden=(16, 16), norm="layer")
-    iql_ln = build_algorithm(
-        AlgoConfig(name="iql"), layer, layer, OBS, ACT, 1.0, torch.device("cpu")
+
+def make_critic_only(name: str, hand: bool, critic: NetConfig | None = None) -> OfflineAlgorithm:
+    torch.manual_seed(0)
+    net = NetConfig(hidden=(16, 16))
+    algo = build_algorithm(
+        CRITIC_ONLY[name], critic or net, net, OBS, ACT, 1.0, torch.device("cpu")
     )
-    assert not iql_ln._critic_by_hand()  # type: ignore[attr-defined]
+    assert isinstance(algo, OfflineAlgorithm)
+    algo.hand_backward = hand and algo.hand_backward
+    return algo
 
 
-def test_cql_critic_by_hand_trains_like_autograd() -> None:
-    def make_cql(hand: bool) -> CQLSAC:
-        torch.manual_seed(0)
-        net = NetConfig(hidden=(16, 16))
-        algo = build_algorithm(
-            AlgoConfig(name="cql", tau=0.5, cql=CQLConfig(n_action_samples=4, cql_alpha=5.0)),
-            net,
-            net,
-            OBS,
-            ACT,
-            1.0,
-            torch.device("cpu"),
-        )
-        assert isinstance(algo, CQLSAC)
-        algo.hand_backward = hand and algo.hand_backward
-        return algo
-
-    by_hand, autograd = make_cql(True), make_cql(False)
+@pytest.mark.parametrize("name", sorted(CRITIC_ONLY))
+def test_critic_by_hand_trains_like_autograd_in_iql_and_cql(name: str) -> None:
+    by_hand, autograd = make_critic_only(name, True), make_critic_only(name, False)
     assert by_hand._critic_by_hand() and not autograd._critic_by_hand()
     for s in range(4):
         out_h, out_a = by_hand.update(batch(s)), autograd.update(batch(s))
@@ -224,3 +187,5 @@ def test_cql_critic_by_hand_trains_like_autograd() -> None:
             torch.testing.assert_close(out_h[key], out_a[key], rtol=1e-5, atol=1e-5)
     for p, q in zip(by_hand.critic.parameters(), autograd.critic.parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+    layer = NetConfig(hidden=(16, 16), norm="layer")
+    assert not make_critic_only(name, True, critic=layer)._critic_by_hand()

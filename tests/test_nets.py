@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -25,6 +24,8 @@ from seem_ray.nets import (
 POSITIONS = ("before_act", "after_act")
 FEATURE = {"layer": nn.LayerNorm, "rms": nn.RMSNorm, "batch": nn.BatchNorm1d}
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def _inputs(
     b: int = 12, obs_dim: int = 5, act_dim: int = 3, seed: int = 0
@@ -42,15 +43,6 @@ def _train_a_little(critic: EnsembleCritic, steps: int = 3) -> None:
         opt.zero_grad()
         loss.backward()
         opt.step()
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny nets: one thread avoids OpenMP stalls on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # --------------------------------------------------------------------------------------------
