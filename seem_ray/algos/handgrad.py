@@ -17,6 +17,8 @@ actor layers are nn.Linear ([out, in]).
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 
@@ -59,6 +61,12 @@ def is_plain_actor(actor: nn.Module) -> bool:
 # --------------------------------------------------------------------------------------------
 
 
+def _critic_layers(critic: EnsembleCritic) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(weight [E, in, out], bias [E, 1, out]) of every hidden layer, then of the output layer."""
+    layers = [*critic.linears, critic.out]
+    return [(cast(torch.Tensor, lin.weight), cast(torch.Tensor, lin.bias)) for lin in layers]
+
+
 def critic_forward(
     critic: EnsembleCritic, x: torch.Tensor, head: int | None = None
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -70,13 +78,14 @@ def critic_forward(
     def sel(t: torch.Tensor) -> torch.Tensor:  # no view op at all for the all-heads case
         return t if head is None else t[head : head + 1]
 
+    *hidden, (w_out, b_out) = _critic_layers(critic)
     e = critic.ensemble if head is None else 1
     h = x.unsqueeze(0).expand(e, *x.shape)
     acts = [h]
-    for lin in critic.linears:
-        h = torch.baddbmm(sel(lin.bias), h, sel(lin.weight)).relu_()
+    for weight, bias in hidden:
+        h = torch.baddbmm(sel(bias), h, sel(weight)).relu_()
         acts.append(h)
-    q = torch.baddbmm(sel(critic.out.bias), h, sel(critic.out.weight))
+    q = torch.baddbmm(sel(b_out), h, sel(w_out))
     return q.squeeze(-1), acts
 
 
@@ -84,28 +93,29 @@ def critic_param_grads(
     critic: EnsembleCritic, acts: list[torch.Tensor], grad_q: torch.Tensor
 ) -> None:
     """Set ``.grad`` of every critic parameter from dLoss/dQ [E, B] (all heads' forward)."""
+    *hidden, (w_out, b_out) = _critic_layers(critic)
     g = grad_q.unsqueeze(-1)  # [E, B, 1]
-    out = critic.out
-    out.weight.grad = torch.bmm(acts[-1].transpose(1, 2), g)
-    out.bias.grad = g.sum(1, keepdim=True)
-    grad_act = g * out.weight.transpose(1, 2)  # [E, B, 1] x [E, 1, H]: the outer product
-    for i in range(len(critic.linears) - 1, -1, -1):
-        lin = critic.linears[i]
+    w_out.grad = torch.bmm(acts[-1].transpose(1, 2), g)
+    b_out.grad = g.sum(1, keepdim=True)
+    grad_act = g * w_out.transpose(1, 2)  # [E, B, 1] x [E, 1, H]: the outer product
+    for i in range(len(hidden) - 1, -1, -1):
+        weight, bias = hidden[i]
         grad_h = _relu_backward(grad_act, acts[i + 1], 0)
-        lin.weight.grad = torch.bmm(acts[i].transpose(1, 2), grad_h)
-        lin.bias.grad = grad_h.sum(1, keepdim=True)
+        weight.grad = torch.bmm(acts[i].transpose(1, 2), grad_h)
+        bias.grad = grad_h.sum(1, keepdim=True)
         if i > 0:
-            grad_act = torch.bmm(grad_h, lin.weight.transpose(1, 2))
+            grad_act = torch.bmm(grad_h, weight.transpose(1, 2))
 
 
 def critic_action_grad(
     critic: EnsembleCritic, acts: list[torch.Tensor], grad_q: torch.Tensor, head: int
 ) -> torch.Tensor:
     """dLoss/d(action) [B, A] from dLoss/dQ [1, B] of a one-head forward; no weight grads."""
+    *hidden, (w_out, _) = _critic_layers(critic)
     sel = slice(head, head + 1)
-    grad_act = grad_q.unsqueeze(-1) * critic.out.weight[sel].transpose(1, 2)
-    for i in range(len(critic.linears) - 1, -1, -1):
-        weight = critic.linears[i].weight[sel]
+    grad_act = grad_q.unsqueeze(-1) * w_out[sel].transpose(1, 2)
+    for i in range(len(hidden) - 1, -1, -1):
+        weight = hidden[i][0][sel]
         if i == 0:  # only the action rows of the first layer: obs needs no gradient
             weight = weight[:, critic.obs_dim :]
         grad_h = _relu_backward(grad_act, acts[i + 1], 0)
