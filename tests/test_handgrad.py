@@ -1,5 +1,5 @@
 """The hand-written backward (algos/handgrad.py) against autograd on the same nets, and the
-conditions under which TD3+BC uses it."""
+conditions under which TD3+BC, IQL and CQL use it."""
 
 from __future__ import annotations
 
