@@ -206,14 +206,14 @@ def main(argv: list[str] | None = None) -> int:
     # The same comparison summed over every diverging trial: steps each stopper let the
     # divergers run (the budget when it never stopped them). Kills confirmed only beyond the
     # budget count as divergers here, as in max_saving_for_this_mix.
+    all_divergers = divergers + confirmed_late
     diverger_steps = {
-        kind: sum(
-            stops[kind][t] if stops[kind][t] is not None else budget
-            for t in divergers + confirmed_late
-        )
+        kind: sum(stops[kind][t] if stops[kind][t] is not None else budget for t in all_divergers)
         for kind in stops
     }
-    diverger_steps["none"] = budget * len(divergers + confirmed_late)
+    diverger_steps["none"] = budget * len(all_divergers)
+    steps_saved = 1.0 - used["seem"] / used["none"] if used["none"] else 0.0
+    max_saving = len(all_divergers) / len(streams)
     rows = []
     for t, records in streams.items():
         overrides_t = records[-1].get("config", {}).get("overrides", {})
@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         "trials": len(streams),
         "divergers": len(divergers),
         "steps_used": used,
-        "steps_saved_vs_none": 1.0 - used["seem"] / used["none"] if used["none"] else 0.0,
+        "steps_saved_vs_none": steps_saved,
         "q_bound_saved_vs_none": 1.0 - used["q_bound"] / used["none"] if used["none"] else 0.0,
         "median_lead_x": statistics.median(leads) if leads else None,
         "min_lead_x": min(leads) if leads else None,
@@ -259,12 +259,8 @@ def main(argv: list[str] | None = None) -> int:
             if diverger_steps["none"]
             else None
         ),
-        "max_saving_for_this_mix": len(divergers + confirmed_late) / len(streams),
-        "share_of_max_saving": (
-            (1.0 - used["seem"] / used["none"]) / (len(divergers + confirmed_late) / len(streams))
-            if divergers or confirmed_late
-            else None
-        ),
+        "max_saving_for_this_mix": max_saving,
+        "share_of_max_saving": steps_saved / max_saving if all_divergers else None,
         "replay_every": args.replay_every or None,
         "sweep_path": str(sweep_path),
         "wall_seconds_no_stopper_sweep": round(wall_none, 1),
