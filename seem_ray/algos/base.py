@@ -345,10 +345,11 @@ class OfflineAlgorithm:
             return q, loss
         with torch.no_grad():
             q, acts = handgrad.critic_forward(self.critic, torch.cat([obs, act], dim=-1))
-            err = q - target
-            loss = err.square().mean(dim=-1).sum()
+            err = (q - target).view(-1)  # [E * B]; q is contiguous
+            batch = target.shape[-1]
+            loss = torch.dot(err, err).div_(batch)  # sum_e mean_b (Q_e - y)^2 in two ops
             # d/dQ_e of sum_e mean_b (Q_e - y)^2 = 2 (Q_e - y) / B
-            handgrad.critic_param_grads(self.critic, acts, err.mul_(2.0 / err.shape[-1]))
+            handgrad.critic_param_grads(self.critic, acts, err.mul_(2.0 / batch).view_as(q))
         return q, loss
 
     # --- policy -----------------------------------------------------------------------------

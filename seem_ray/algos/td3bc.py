@@ -46,8 +46,8 @@ def smoothed_target_action(
     max_action: float,
 ) -> torch.Tensor:
     """TD3's target-policy smoothing; `noise` is standard normal, scales are in units of M."""
-    eps = (noise * policy_noise).clamp(-noise_clip, noise_clip) * max_action
-    return (next_pi + eps).clamp(-max_action, max_action)
+    eps = (noise * policy_noise).clamp_(-noise_clip, noise_clip)
+    return torch.add(next_pi, eps, alpha=max_action).clamp_(-max_action, max_action)
 
 
 def td3bc_actor_loss(
@@ -188,13 +188,13 @@ class TD3BC(OfflineAlgorithm):
             self.critic, torch.cat([batch.obs, pi], dim=-1), head=0
         )
         b, a = pi.shape
-        lmbda = hp.bc_alpha / q_pi.abs().mean()
-        diff = pi - batch.act
-        bc = diff.square().mean()
-        loss = -lmbda * q_pi.mean() + hp.bc_weight * bc
-        grad_q = (-lmbda / b).expand(1, b)
+        lmbda = q_pi.abs().mean().reciprocal_().mul_(hp.bc_alpha)
+        diff = (pi - batch.act).view(-1)
+        bc = torch.dot(diff, diff).div_(b * a)
+        loss = torch.addcmul(bc * hp.bc_weight, lmbda, q_pi.mean(), value=-1.0)
+        grad_q = (lmbda * (-1.0 / b)).expand(1, b)
         grad_pi = handgrad.critic_action_grad(self.critic, critic_acts, grad_q, head=0)
-        if hp.bc_weight:
-            grad_pi = grad_pi + diff.mul_(2.0 * hp.bc_weight / (b * a))
+        if hp.bc_weight:  # d/dpi of bc_weight * mean (pi - a)^2
+            grad_pi = grad_pi.add_(diff.view(b, a), alpha=2.0 * hp.bc_weight / (b * a))
         handgrad.actor_param_grads(self.actor, actor_acts, grad_pi)  # type: ignore[arg-type]
         return loss, bc
