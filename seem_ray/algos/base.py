@@ -158,7 +158,9 @@ class LeanAdam(torch.optim.Adam):
 
     def __init__(self, params: Iterable[torch.Tensor], lr: float) -> None:
         super().__init__(params, lr=lr, fused=True)
-        self._lists: tuple[list[torch.Tensor], ...] | None = None
+        self._lists: (
+            tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], torch.Tensor] | None
+        ) = None
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._lists = None
@@ -180,10 +182,10 @@ class LeanAdam(torch.optim.Adam):
         grads = [p.grad for p in params]
         if any(g is None for g in grads):
             return self._torch_step(closure)
-        exp_avgs, exp_avg_sqs, steps = lists
+        exp_avgs, exp_avg_sqs, steps, step_counts = lists
         beta1, beta2 = group["betas"]
         with torch.no_grad():
-            torch._foreach_add_(steps, 1)
+            step_counts.add_(1)  # every parameter's "step" is a view of it
             torch._fused_adam_(
                 params,
                 grads,  # type: ignore[arg-type]
@@ -219,7 +221,9 @@ class LeanAdam(torch.optim.Adam):
             or _global_optimizer_post_hooks
         )
 
-    def _gather(self) -> tuple[list[torch.Tensor], ...] | None:
+    def _gather(
+        self,
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], torch.Tensor] | None:
         group = self.param_groups[0]
         if group["amsgrad"] or group["decoupled_weight_decay"] or group["differentiable"]:
             return None
@@ -231,10 +235,17 @@ class LeanAdam(torch.optim.Adam):
         states = [self.state[p] for p in params]
         if any("exp_avg" not in s for s in states):
             return None
+        # One tensor holds every parameter's step count and each state's "step" becomes a view
+        # of it, so a step increments them with one add_ (torch's per-tensor _foreach_add_ costs
+        # ~18 us on CPU). The state_dict still holds one 0-dim "step" per parameter.
+        step_counts = torch.stack([s["step"] for s in states])
+        for i, s in enumerate(states):
+            s["step"] = step_counts[i]
         return (
             [s["exp_avg"] for s in states],
             [s["exp_avg_sq"] for s in states],
             [s["step"] for s in states],
+            step_counts,
         )
 
 
