@@ -120,6 +120,21 @@ def test_td3bc_by_hand_trains_like_autograd(bc_weight: float) -> None:
             assert not torch.equal(q, p0), m  # the comparison is not between idle nets
 
 
+def test_grad_norm_metric_is_the_norm_of_every_critic_gradient_on_both_paths() -> None:
+    algo = make_td3(True)
+
+    def naive_norm() -> float:
+        return sum(float(p.grad.double().square().sum()) for p in algo.critic.parameters()) ** 0.5  # type: ignore[union-attr]
+
+    out = algo.update(batch(0))  # by hand: the gradients sit in one flat buffer
+    assert handgrad.flat_critic_grad(algo.critic) is not None
+    assert float(out["critic_grad_norm"]) == pytest.approx(naive_norm(), rel=1e-5)
+    algo.hand_backward = False  # autograd's fresh .grad tensors: the stale buffer is not read
+    out = algo.update(batch(1))
+    assert handgrad.flat_critic_grad(algo.critic) is None
+    assert float(out["critic_grad_norm"]) == pytest.approx(naive_norm(), rel=1e-5)
+
+
 @pytest.mark.parametrize(
     "critic",
     [

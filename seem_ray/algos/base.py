@@ -303,6 +303,7 @@ class OfflineAlgorithm:
     critic: EnsembleCritic
     actor: nn.Module
     critic_opt: torch.optim.Optimizer
+    _critic_params: list[torch.Tensor]  # list(critic.parameters()), gathered once
     # Train plain ReLU critics with the hand-written backward (algos/handgrad.py): same values,
     # no autograd engine. Subclasses set it after building the critic; False forces autograd.
     hand_backward: bool = False
@@ -362,6 +363,14 @@ class OfflineAlgorithm:
             # d/dQ_e of sum_e mean_b (Q_e - y)^2 = 2 (Q_e - y) / B
             handgrad.critic_param_grads(self.critic, acts, err.mul_(2.0 / batch).view_as(q))
         return q, loss
+
+    def _critic_grad_norm(self) -> torch.Tensor:
+        """Global L2 norm of the critic's gradients: one norm over the flat buffer that the
+        hand-written backward fills (handgrad.flat_critic_grad), else :func:`grad_norm`."""
+        flat = handgrad.flat_critic_grad(self.critic)
+        if flat is None:
+            return grad_norm(self._critic_params)
+        return torch.linalg.vector_norm(flat)
 
     # --- policy -----------------------------------------------------------------------------
 

@@ -33,7 +33,6 @@ from seem_ray.algos.base import (
     TargetUpdate,
     bellman_target,
     ensemble_mse,
-    grad_norm,
     make_optimizer,
     make_target,
     min_over_heads,
@@ -200,7 +199,7 @@ class CQLSAC(OfflineAlgorithm):
             penalty = cql_penalty(q_data, q_ood, log_density)
             critic_loss = ensemble_mse(q_data, target) + hp.cql_alpha * penalty.sum()
             critic_loss.backward()
-        critic_grad_norm = grad_norm(self._critic_params)
+        critic_grad_norm = self._critic_grad_norm()
         self.critic_opt.step()
         self._update_targets(self.cfg.tau)
 

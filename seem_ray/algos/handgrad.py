@@ -33,6 +33,7 @@ __all__ = [
     "critic_action_grad",
     "critic_forward",
     "critic_param_grads",
+    "flat_critic_grad",
     "is_plain_actor",
     "is_plain_critic",
 ]
@@ -107,19 +108,64 @@ def critic_forward(
 def critic_param_grads(
     critic: EnsembleCritic, acts: list[torch.Tensor], grad_q: torch.Tensor
 ) -> None:
-    """Set ``.grad`` of every critic parameter from dLoss/dQ [E, B] (all heads' forward)."""
+    """Set ``.grad`` of every critic parameter from dLoss/dQ [E, B] (all heads' forward).
+
+    The gradients are written into views of one flat buffer per critic (see
+    :func:`flat_critic_grad`), overwritten by the next call.
+    """
     *hidden, (w_out, b_out) = _critic_layers(critic)
+    *hidden_grads, (gw_out, gb_out) = _critic_grad_views(critic)
     g = grad_q.unsqueeze(-1)  # [E, B, 1]
-    w_out.grad = torch.bmm(acts[-1].transpose(1, 2), g)
-    b_out.grad = g.sum(1, keepdim=True)
+    w_out.grad = torch.bmm(acts[-1].transpose(1, 2), g, out=gw_out)
+    b_out.grad = torch.sum(g, 1, keepdim=True, out=gb_out)
     grad_act = g * w_out.transpose(1, 2)  # [E, B, 1] x [E, 1, H]: the outer product
     for i in range(len(hidden) - 1, -1, -1):
         weight, bias = hidden[i]
+        gw, gb = hidden_grads[i]
         grad_h = _relu_backward(grad_act, acts[i + 1], 0)
-        weight.grad = torch.bmm(acts[i].transpose(1, 2), grad_h)
-        bias.grad = grad_h.sum(1, keepdim=True)
+        weight.grad = torch.bmm(acts[i].transpose(1, 2), grad_h, out=gw)
+        bias.grad = torch.sum(grad_h, 1, keepdim=True, out=gb)
         if i > 0:
             grad_act = torch.bmm(grad_h, weight.transpose(1, 2))
+
+
+_GRADS: weakref.WeakKeyDictionary[nn.Module, tuple[torch.Tensor, list[torch.Tensor]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _critic_grad_buffer(critic: EnsembleCritic) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The critic's flat gradient buffer and its per-parameter views, in _critic_layers order
+    (made again if the critic moved to another device or dtype)."""
+    params = [t for pair in _critic_layers(critic) for t in pair]
+    entry = _GRADS.get(critic)
+    if entry is None or entry[0].device != params[0].device or entry[0].dtype != params[0].dtype:
+        flat = params[0].new_empty(sum(p.numel() for p in params))
+        views = list(torch.split(flat, [p.numel() for p in params]))
+        entry = flat, [v.view(p.shape) for v, p in zip(views, params, strict=True)]
+        _GRADS[critic] = entry
+    return entry
+
+
+def _critic_grad_views(critic: EnsembleCritic) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    views = _critic_grad_buffer(critic)[1]
+    return list(zip(views[::2], views[1::2], strict=True))
+
+
+def flat_critic_grad(critic: EnsembleCritic) -> torch.Tensor | None:
+    """All the critic's gradients as one flat tensor when the last :func:`critic_param_grads`
+    left them there (every ``.grad`` still its view), else None.
+
+    Why: the gradient-norm metric is then one norm over one buffer instead of a norm per
+    parameter plus a stack (~100 us less per step on CPU).
+    """
+    entry = _GRADS.get(critic)
+    if entry is None:
+        return None
+    params = [t for pair in _critic_layers(critic) for t in pair]
+    if all(p.grad is v for p, v in zip(params, entry[1], strict=True)):
+        return entry[0]
+    return None
 
 
 def critic_action_grad(

@@ -24,7 +24,6 @@ from seem_ray.algos.base import (
     OfflineAlgorithm,
     TargetUpdate,
     bellman_target,
-    grad_norm,
     make_optimizer,
     make_target,
     min_over_heads,
@@ -111,7 +110,7 @@ class IQL(OfflineAlgorithm):
         # Q: one-step backup through V, then the target critic.
         target = bellman_target(batch.rew, batch.done, self.cfg.gamma, next_v)
         q, critic_loss = self._critic_mse_grads(batch.obs, batch.act, target)
-        critic_grad_norm = grad_norm(self._critic_params)
+        critic_grad_norm = self._critic_grad_norm()
         self.critic_opt.step()
         self._update_targets(self.cfg.tau)
 

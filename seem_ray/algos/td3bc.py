@@ -26,7 +26,6 @@ from seem_ray.algos.base import (
     OfflineAlgorithm,
     TargetUpdate,
     bellman_target,
-    grad_norm,
     make_optimizer,
     make_target,
     min_over_heads,
@@ -141,7 +140,7 @@ class TD3BC(OfflineAlgorithm):
                 batch.rew, batch.done, self.cfg.gamma, min_over_heads(next_q_heads)
             )
         q, critic_loss = self._critic_mse_grads(batch.obs, batch.act, target)
-        critic_grad_norm = grad_norm(self._critic_params)
+        critic_grad_norm = self._critic_grad_norm()
         self.critic_opt.step()
 
         # Actor and targets: delayed. Only actor grads are computed (by hand, or autograd with
