@@ -348,9 +348,10 @@ class OfflineAlgorithm:
         self, obs: torch.Tensor, act: torch.Tensor, target: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Q(obs, act) [E, B] and ``ensemble_mse(Q, target)``, with its gradients left in the
-        critic's ``.grad`` (zeroed first): by hand for plain critics, else through autograd."""
-        self.critic_opt.zero_grad(set_to_none=True)
+        critic's ``.grad`` (replacing any old ones): by hand for plain critics (which sets every
+        ``.grad``), else zeroed and through autograd."""
         if not self._critic_by_hand():
+            self.critic_opt.zero_grad(set_to_none=True)
             q = self._fwd["critic"](obs, act)
             loss = ensemble_mse(q, target)
             loss.backward()

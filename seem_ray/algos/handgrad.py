@@ -20,10 +20,11 @@ actor layers are nn.Linear ([out, in]).
 from __future__ import annotations
 
 import weakref
-from typing import cast
+from typing import NamedTuple, cast
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from seem_ray.nets import DeterministicActor, EnsembleCritic
 
@@ -129,27 +130,28 @@ def critic_param_grads(
             grad_act = torch.bmm(grad_h, weight.transpose(1, 2))
 
 
-_GRADS: weakref.WeakKeyDictionary[nn.Module, tuple[torch.Tensor, list[torch.Tensor]]] = (
-    weakref.WeakKeyDictionary()
-)
+class _FlatGrads(NamedTuple):
+    flat: torch.Tensor  # every gradient of the critic, in _critic_layers order
+    pairs: list[tuple[torch.Tensor, torch.Tensor]]  # (weight grad, bias grad) views per layer
 
 
-def _critic_grad_buffer(critic: EnsembleCritic) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """The critic's flat gradient buffer and its per-parameter views, in _critic_layers order
-    (made again if the critic moved to another device or dtype)."""
-    params = [t for pair in _critic_layers(critic) for t in pair]
-    entry = _GRADS.get(critic)
-    if entry is None or entry[0].device != params[0].device or entry[0].dtype != params[0].dtype:
-        flat = params[0].new_empty(sum(p.numel() for p in params))
-        views = list(torch.split(flat, [p.numel() for p in params]))
-        entry = flat, [v.view(p.shape) for v, p in zip(views, params, strict=True)]
-        _GRADS[critic] = entry
-    return entry
+_GRADS: weakref.WeakKeyDictionary[nn.Module, _FlatGrads] = weakref.WeakKeyDictionary()
 
 
 def _critic_grad_views(critic: EnsembleCritic) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    views = _critic_grad_buffer(critic)[1]
-    return list(zip(views[::2], views[1::2], strict=True))
+    """Views of the critic's flat gradient buffer shaped like its (weight, bias) pairs (the
+    buffer is made again if the critic moved to another device or dtype)."""
+    layers = _critic_layers(critic)
+    first = layers[0][0]
+    entry = _GRADS.get(critic)
+    if entry is None or entry.flat.device != first.device or entry.flat.dtype != first.dtype:
+        params = [t for pair in layers for t in pair]
+        flat = first.new_empty(sum(p.numel() for p in params))
+        chunks = torch.split(flat, [p.numel() for p in params])
+        views = [c.view(p.shape) for c, p in zip(chunks, params, strict=True)]
+        entry = _FlatGrads(flat, list(zip(views[::2], views[1::2], strict=True)))
+        _GRADS[critic] = entry
+    return entry.pairs
 
 
 def flat_critic_grad(critic: EnsembleCritic) -> torch.Tensor | None:
@@ -162,10 +164,10 @@ def flat_critic_grad(critic: EnsembleCritic) -> torch.Tensor | None:
     entry = _GRADS.get(critic)
     if entry is None:
         return None
-    params = [t for pair in _critic_layers(critic) for t in pair]
-    if all(p.grad is v for p, v in zip(params, entry[1], strict=True)):
-        return entry[0]
-    return None
+    for (weight, bias), (gw, gb) in zip(_critic_layers(critic), entry.pairs, strict=True):
+        if weight.grad is not gw or bias.grad is not gb:
+            return None
+    return entry.flat
 
 
 def critic_action_grad(
@@ -212,9 +214,9 @@ def actor_forward(
     h = obs
     acts = [h]
     for weight, bias in hidden:
-        h = torch.mm(h, weight.t()).add_(bias).relu_()
+        h = F.linear(h, weight).add_(bias).relu_()  # h @ weight.T without a Python-side view
         acts.append(h)
-    squashed = torch.mm(h, w_out.t()).add_(b_out).tanh_()
+    squashed = F.linear(h, w_out).add_(b_out).tanh_()
     acts.append(squashed)
     return _scaled(squashed, actor.max_action), acts
 

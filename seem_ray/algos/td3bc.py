@@ -147,10 +147,10 @@ class TD3BC(OfflineAlgorithm):
         # inputs=), so the critic's weights get no stray gradients and the plain (unwrapped)
         # critic is enough here.
         if self.step % hp.policy_freq == 0:
-            self.actor_opt.zero_grad(set_to_none=True)
-            if by_hand:
+            if by_hand:  # sets every actor .grad
                 actor_loss, bc_loss = self._actor_grads_by_hand(batch)
             else:
+                self.actor_opt.zero_grad(set_to_none=True)
                 pi = self._fwd["actor"](batch.obs)
                 q_pi = self.critic.forward_head(batch.obs, pi, 0)
                 actor_loss, bc_loss = td3bc_actor_loss(
