@@ -135,6 +135,31 @@ def test_grad_norm_metric_is_the_norm_of_every_critic_gradient_on_both_paths() -
     assert float(out["critic_grad_norm"]) == pytest.approx(naive_norm(), rel=1e-5)
 
 
+@pytest.mark.parametrize("name", ["td3bc", "iql", "cql"])
+def test_hand_steps_leave_no_inference_tensors_in_persistent_state(name: str) -> None:
+    """The hand path runs under inference mode; what outlives a step must stay usable by
+    autograd: parameters, their .grad (autograd may accumulate into it), optimizer state."""
+    algo = make_td3(True) if name == "td3bc" else make_critic_only(name, True)
+    for s in range(2):  # TD3+BC's second step is an actor step
+        algo.update(batch(s))
+    nets = [
+        algo.critic,
+        algo.actor,
+        *(getattr(algo, n) for n in ("critic_target", "actor_target") if hasattr(algo, n)),
+    ]
+    for net in nets:
+        for p in net.parameters():
+            assert not p.is_inference()
+            assert p.grad is None or not p.grad.is_inference()
+    for opt in (algo.critic_opt, algo.actor_opt):  # type: ignore[attr-defined]
+        for state in opt.state.values():
+            assert not any(t.is_inference() for t in state.values() if isinstance(t, torch.Tensor))
+    q = algo.critic(batch(5).obs, batch(5).act)
+    q.sum().backward()  # accumulates into the hand path's .grad buffers without an error
+    algo.hand_backward = False
+    algo.update(batch(6))  # and the autograd path can take over the same optimizer state
+
+
 @pytest.mark.parametrize(
     "critic",
     [

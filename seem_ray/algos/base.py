@@ -206,11 +206,14 @@ class LeanAdam(torch.optim.Adam):
     step.hooked = True  # type: ignore[attr-defined]  # keep Optimizer from wrapping it
 
     def _torch_step(self, closure: Any) -> Any:
-        out = _torch_adam_step()(self, closure)
-        complete = len(self.param_groups) == 1 and all(
-            p.grad is not None for p in self.param_groups[0]["params"]
-        )
-        self._lists = self._gather() if complete else None
+        # State made here must be normal tensors even when the update runs in inference mode
+        # (an autograd-path step would later update it in place).
+        with torch.inference_mode(False):
+            out = _torch_adam_step()(self, closure)
+            complete = len(self.param_groups) == 1 and all(
+                p.grad is not None for p in self.param_groups[0]["params"]
+            )
+            self._lists = self._gather() if complete else None
         return out
 
     def _hooked(self) -> bool:
@@ -356,7 +359,7 @@ class OfflineAlgorithm:
             loss = ensemble_mse(q, target)
             loss.backward()
             return q, loss
-        with torch.no_grad():
+        with torch.inference_mode():  # see handgrad.py: no autograd bookkeeping per op
             q, acts = handgrad.critic_forward(self.critic, torch.cat([obs, act], dim=-1))
             err = (q - target).view(-1)  # [E * B]; q is contiguous
             batch = target.shape[-1]

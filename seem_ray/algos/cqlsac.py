@@ -214,7 +214,7 @@ class CQLSAC(OfflineAlgorithm):
             M.CRITIC_GRAD_NORM: critic_grad_norm,
         }
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def _critic_grads_by_hand(
         self,
         obs_all: torch.Tensor,

@@ -117,9 +117,14 @@ class TD3BC(OfflineAlgorithm):
         return self.actor(obs)
 
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
+        if self._by_hand():  # nothing to record for autograd: see handgrad.py
+            with torch.inference_mode():
+                return self._update(batch, by_hand=True)
+        return self._update(batch, by_hand=False)
+
+    def _update(self, batch: Batch, by_hand: bool) -> dict[str, torch.Tensor]:
         hp = self.hp
         self.step += 1
-        by_hand = self._by_hand()
 
         # Critic: regress every head on the clipped double-Q target.
         with torch.no_grad():
