@@ -591,7 +591,7 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
         return _coerce(value, inner[0], name)
     if tp is SpaceSpec:
         return _space_spec(value, name)
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
         if not isinstance(value, Mapping):

@@ -322,7 +322,11 @@ class EnsembleCritic(nn.Module):
         if self._direct:
             act = self._act_fn
             for lin, norm, kind in zip(self.linears, self.norms, self.kinds, strict=True):
-                h = _affine(h, _sel(lin.weight, heads), _sel(lin.bias, heads))
+                h = _affine(
+                    h,
+                    _sel(cast(torch.Tensor, lin.weight), heads),
+                    _sel(cast(torch.Tensor, lin.bias), heads),
+                )
                 if kind == "none":
                     h = act(h)
                 elif self.after_act:
