@@ -70,7 +70,7 @@ def is_plain_actor(actor: nn.Module) -> bool:
 
 # Parameter lists per net, gathered once: nn.Module attribute lookups cost ~17 us per gather,
 # paid 4-5 times a step. A net's Parameter objects are fixed after construction (state loads
-# and device moves copy into them), so the lists stay valid for the net's lifetime.
+# copy into them, device moves swap their data in place), so the lists stay valid.
 _LAYERS: weakref.WeakKeyDictionary[nn.Module, list[tuple[torch.Tensor, torch.Tensor]]] = (
     weakref.WeakKeyDictionary()
 )

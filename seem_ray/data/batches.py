@@ -213,8 +213,8 @@ def _device_table(table: np.ndarray, device: torch.device) -> torch.Tensor:
 
     Why: NumPy asks Linux for transparent huge pages on allocations of 4 MiB and more
     (``madvise(MADV_HUGEPAGE)``); torch's CPU allocator does not. Random rows of a large table
-    then cost far fewer TLB misses: measured on a 100k-transition table here, sampling fell
-    from ~630 to ~140 us per batch and a TD3+BC step by ~12% (docs/benchmarks.md).
+    then cost far fewer TLB misses: on a 100k-transition table here, sampling a batch inside
+    the TD3+BC step fell from ~200-630 to ~140 us, the step by 3-12% (docs/benchmarks.md).
     """
     if device.type == "cpu":
         return torch.from_numpy(np.ascontiguousarray(table))
