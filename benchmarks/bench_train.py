@@ -12,7 +12,7 @@ same data with the same maths in fp32 (benchmarks/baselines.py). ``--bf16`` adds
 hand-written backward off: what algos/handgrad.py itself buys, in the same run).
 
 Fairness: both sides use the same ``torch.set_num_threads(--threads)``, both sample their own
-batches (seem_ray: ReplaySampler, one gather per field; baseline: CORL's numpy-indexed
+batches (seem_ray: ReplaySampler, one gather per batch; baseline: CORL's numpy-indexed
 buffer), and each side reads its metrics as its design intends (seem_ray: ``.item()`` every
 ``--log-every`` steps; baseline: every step). After a warm-up, the sides alternate in chunks
 of ``--chunk`` steps so load from other processes hits both alike; throughput = total steps /

@@ -10,7 +10,7 @@ import torch
 from tiny_batches import ACT, OBS, random_batch
 
 from seem_ray.algos import TD3BC, build_algorithm, handgrad
-from seem_ray.algos.base import OfflineAlgorithm, ensemble_mse
+from seem_ray.algos.base import OfflineAlgorithm, ensemble_mse, ensemble_mse_and_grad
 from seem_ray.config import AlgoConfig, CQLConfig, NetConfig, TD3BCConfig
 from seem_ray.data.batches import Batch
 from seem_ray.nets import DeterministicActor, EnsembleCritic
@@ -49,6 +49,17 @@ def test_critic_param_grads_equal_autograd(hidden: tuple[int, ...], ensemble: in
     for e, g in zip(expected, grads(critic), strict=True):
         assert g.shape == e.shape
         torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-7)
+
+
+def test_ensemble_mse_and_grad_equal_autograd_of_ensemble_mse() -> None:
+    g = torch.Generator().manual_seed(3)
+    q = torch.randn(3, 20, generator=g, requires_grad=True)
+    target = torch.randn(20, generator=g)
+    loss, grad = ensemble_mse_and_grad(q.detach(), target)
+    expected = ensemble_mse(q, target)
+    expected.backward()
+    torch.testing.assert_close(loss, expected.detach())
+    torch.testing.assert_close(grad, q.grad)
 
 
 @pytest.mark.parametrize("head", [0, 1])

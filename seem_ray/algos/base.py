@@ -31,6 +31,7 @@ __all__ = [
     "bellman_target",
     "TargetUpdate",
     "ensemble_mse",
+    "ensemble_mse_and_grad",
     "eval_mode",
     "grad_norm",
     "LeanAdam",
@@ -98,6 +99,18 @@ def ensemble_mse(q: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     With two heads this is TD3's ``mse(Q1, y) + mse(Q2, y)`` (Fujimoto et al.).
     """
     return (q - target).square().mean(dim=-1).sum()
+
+
+def ensemble_mse_and_grad(
+    q: torch.Tensor, target: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`ensemble_mse` and its gradient dLoss/dQ = 2 (Q_e - y) / B ([E, B]), for the
+    hand-written backward (no autograd)."""
+    batch = target.shape[-1]
+    err = q - target  # a fresh contiguous [E, B]
+    flat = err.view(-1)
+    loss = torch.dot(flat, flat).div_(batch)  # sum_e mean_b (Q_e - y)^2 in two ops
+    return loss, err.mul_(2.0 / batch)
 
 
 def make_target(module: nn.Module) -> nn.Module:
@@ -361,11 +374,8 @@ class OfflineAlgorithm:
             return q, loss
         with torch.inference_mode():  # see handgrad.py: no autograd bookkeeping per op
             q, acts = handgrad.critic_forward(self.critic, torch.cat([obs, act], dim=-1))
-            err = (q - target).view(-1)  # [E * B]; q is contiguous
-            batch = target.shape[-1]
-            loss = torch.dot(err, err).div_(batch)  # sum_e mean_b (Q_e - y)^2 in two ops
-            # d/dQ_e of sum_e mean_b (Q_e - y)^2 = 2 (Q_e - y) / B
-            handgrad.critic_param_grads(self.critic, acts, err.mul_(2.0 / batch).view_as(q))
+            loss, grad_q = ensemble_mse_and_grad(q, target)
+            handgrad.critic_param_grads(self.critic, acts, grad_q)
         return q, loss
 
     def _critic_grad_norm(self) -> torch.Tensor:

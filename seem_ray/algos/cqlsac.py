@@ -33,6 +33,7 @@ from seem_ray.algos.base import (
     TargetUpdate,
     bellman_target,
     ensemble_mse,
+    ensemble_mse_and_grad,
     make_optimizer,
     make_target,
     min_over_heads,
@@ -188,12 +189,12 @@ class CQLSAC(OfflineAlgorithm):
         obs_rep = batch.obs.unsqueeze(1).expand(b, 3 * n, batch.obs.shape[-1])
         obs_all = torch.cat([batch.obs, obs_rep.reshape(b * 3 * n, -1)])
         act_all = torch.cat([batch.act, ood_act.reshape(b * 3 * n, self.act_dim)])
-        self.critic_opt.zero_grad(set_to_none=True)
-        if self._critic_by_hand():
+        if self._critic_by_hand():  # sets every critic .grad
             q_data, penalty, critic_loss = self._critic_grads_by_hand(
                 obs_all, act_all, target, log_density
             )
         else:
+            self.critic_opt.zero_grad(set_to_none=True)
             q_all = self._fwd["critic"](obs_all, act_all)
             q_data, q_ood = q_all[:, :b], q_all[:, b:].reshape(-1, b, 3 * n)
             penalty = cql_penalty(q_data, q_ood, log_density)
@@ -233,10 +234,10 @@ class CQLSAC(OfflineAlgorithm):
         logits = q_ood - log_density
         lse = torch.logsumexp(logits, dim=-1)
         penalty = (lse - q_data).mean(dim=-1)
-        err = q_data - target
         alpha = self.hp.cql_alpha
-        loss = err.square().mean(dim=-1).sum() + alpha * penalty.sum()
-        grad_data = err.mul_(2.0 / b).sub_(alpha / b)
+        mse, grad_data = ensemble_mse_and_grad(q_data, target)
+        loss = mse + alpha * penalty.sum()
+        grad_data.sub_(alpha / b)
         grad_ood = logits.sub_(lse.unsqueeze(-1)).exp_().mul_(alpha / b)
         grad_q = torch.cat([grad_data, grad_ood.reshape(grad_ood.shape[0], b * k)], dim=1)
         handgrad.critic_param_grads(self.critic, acts, grad_q)

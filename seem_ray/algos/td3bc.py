@@ -13,7 +13,8 @@ Losses (B = batch, E = critic heads, M = max_action):
                  lambda = bc_alpha / mean_b |Q_1(s, pi(s))|  (no gradient through lambda)
 
 With plain ReLU nets (the paper's setting) the gradients come from the hand-written backward
-in algos/handgrad.py instead of autograd: same values, 3-11% less time per step on CPU.
+in algos/handgrad.py instead of autograd: same values, less time per step on CPU (measured in
+docs/benchmarks.md).
 """
 
 from __future__ import annotations
