@@ -325,6 +325,44 @@ def init_ray(address: str | None) -> None:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
 
 
+# Tune's driver state in a sweep folder: the newest file of each kind is what a restore reads.
+_DRIVER_STATE = (
+    "experiment_state-*.json",
+    "basic-variant-state-*.json",
+    "searcher-state-*.pkl",
+    "callback-states-*.pkl",
+)
+
+
+def saved_state_problem(exp_path: Path) -> str | None:
+    """Why Tune's saved driver state in `exp_path` cannot be restored, or None if it looks whole.
+
+    Why: Tune copies these files from the driver's staging folder to the sweep folder without
+    an atomic rename, so a driver killed mid-copy leaves an empty or cut-off file. Tune then
+    "restarts" the sweep with empty trial configs instead of resuming it; this check turns that
+    into one clear error before anything is started.
+    """
+    import ray.cloudpickle as cloudpickle
+
+    for pattern in _DRIVER_STATE:
+        files = sorted(exp_path.glob(pattern))
+        if not files:
+            continue
+        newest = files[-1]  # Tune's own choice: names sort by their timestamp
+        try:
+            raw = newest.read_bytes()
+            if pattern.startswith("experiment_state"):
+                json.loads(raw)
+            else:
+                cloudpickle.loads(raw)  # Tune's own format, from this sweep's own folder
+        except Exception as err:  # noqa: BLE001 - any failure to read means Tune cannot either
+            return (
+                f"{newest} is truncated or unreadable ({type(err).__name__}; the driver was "
+                "probably killed while Tune saved it); run the sweep again under a new name"
+            )
+    return None
+
+
 def run_sweep(
     sweep: SweepConfig,
     *,
@@ -366,6 +404,9 @@ def run_sweep(
             raise ConfigError(
                 "", f"nothing to resume at {exp_path}; run the sweep without --resume first"
             )
+        problem = saved_state_problem(exp_path)
+        if problem:
+            raise ConfigError("", f"cannot resume {sweep.name!r}: {problem}")
         tuner = tune.Tuner.restore(
             str(exp_path), trainable=trainable, resume_unfinished=True, resume_errored=True
         )

@@ -350,3 +350,27 @@ def test_summary_on_a_full_disk_is_clear_and_resume_rewrites_it(
     summary = run_local(tiny_config(), run_dir, resume=True)
     assert summary.steps == 80 and steps_in(run_dir / "metrics.jsonl") == STEPS  # no retraining
     assert json.loads((run_dir / "summary.json").read_text())["steps"] == 80
+
+
+def test_resume_refuses_tune_state_cut_off_by_a_killed_driver(tmp_path: Path) -> None:
+    """A driver killed while Tune copies its state leaves an empty or cut-off file; resuming
+    from it would make Tune restart the sweep with empty trial configs, so it is refused."""
+    import ray.cloudpickle as cloudpickle
+
+    from seem_ray.tune import saved_state_problem
+
+    (tmp_path / "experiment_state-2026-01-01_00-00-00.json").write_text(json.dumps({"trials": []}))
+    state = cloudpickle.dumps({"grid": [1, 2, 3]})
+    (tmp_path / "basic-variant-state-2026-01-01_00-00-00.json").write_bytes(state)
+    assert saved_state_problem(tmp_path) is None
+
+    newest = tmp_path / "basic-variant-state-2026-01-01_00-00-09.json"
+    for cut in (b"", state[: len(state) // 2]):  # empty, then cut off mid-pickle
+        newest.write_bytes(cut)
+        problem = saved_state_problem(tmp_path)
+        assert problem is not None and str(newest) in problem and "new name" in problem
+    newest.unlink()
+    (tmp_path / "experiment_state-2026-01-01_00-00-09.json").write_text('{"trials": [')
+    assert "experiment_state-2026-01-01_00-00-09.json is truncated" in str(
+        saved_state_problem(tmp_path)
+    )
