@@ -35,7 +35,8 @@ lint: bootstrap
 bench: bootstrap
 	@$(PY) benchmarks/bench_seem.py --json
 	@$(PY) benchmarks/bench_seem.py --gram-paths --json
-	@for a in td3bc iql cql; do $(PY) benchmarks/bench_train.py --algo $$a --steps 500 --json; done
+	@$(PY) benchmarks/bench_train.py --algo td3bc --steps 500 --compile --json
+	@for a in iql cql; do $(PY) benchmarks/bench_train.py --algo $$a --steps 500 --json; done
 	@$(PY) benchmarks/bench_bf16.py --json
 	@$(PY) benchmarks/bench_ray_overhead.py --json
 	@$(PY) benchmarks/bench_stopper.py --json

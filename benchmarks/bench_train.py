@@ -9,7 +9,10 @@ as the LAST stdout line, JSON with ``steps_per_s`` (seem_ray), ``ms_per_step``, 
 same data with the same maths in fp32 (benchmarks/baselines.py). ``--bf16`` adds
 ``bf16_steps_per_s`` (seem_ray under CPU/GPU bfloat16 autocast), reported separately;
 ``--autograd`` adds ``autograd_steps_per_s`` and ``hand_backward_gain`` (seem_ray with its
-hand-written backward off: what algos/handgrad.py itself buys, in the same run).
+hand-written backward off: what algos/handgrad.py itself buys, in the same run); ``--compile``
+adds ``compiled_steps_per_s``, ``compiled_speedup`` (against the same baseline) and
+``compile_gain`` (against eager seem_ray) for td3bc with ``algo.compile``, and ``compile_s``,
+the warm-up time that includes compiling.
 
 Fairness: both sides use the same ``torch.set_num_threads(--threads)``, both sample their own
 batches (seem_ray: ReplaySampler, one gather per batch; baseline: CORL's numpy-indexed
@@ -88,12 +91,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="also time seem_ray with its hand-written backward off (algos/handgrad.py)",
     )
     p.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time seem_ray with algo.compile (torch.compile of the td3bc step)",
+    )
+    p.add_argument(
         "--json", action="store_true", help="(kept for the contract; JSON is always the last line)"
     )
     args = p.parse_args(argv)
     for name in ("steps", "chunk", "batch", "threads", "log_every", "dataset_size"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.compile and args.warmup < 2:
+        p.error("--compile needs --warmup >= 2: both compiled passes must compile before timing")
     try:
         args.hidden = tuple(int(h) for h in args.hidden.split(","))
     except ValueError:
@@ -102,11 +112,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def make_ours(
-    args: argparse.Namespace, data: Transitions, bf16: bool, by_hand: bool = True
+    args: argparse.Namespace,
+    data: Transitions,
+    bf16: bool,
+    by_hand: bool = True,
+    compiled: bool = False,
 ) -> Callable[[int], None]:
     device = torch.device(args.device)
     algo = build_algorithm(
-        AlgoConfig(name=args.algo, batch_size=args.batch),
+        AlgoConfig(name=args.algo, batch_size=args.batch, compile=compiled),
         NetConfig(hidden=args.hidden, norm=args.norm),
         NetConfig(hidden=args.hidden),
         data.obs_dim,
@@ -171,12 +185,17 @@ def main(argv: list[str] | None = None) -> int:
             sides["bf16"] = make_ours(args, data, bf16=True)
         if args.autograd:
             sides["autograd"] = make_ours(args, data, bf16=False, by_hand=False)
+        if args.compile:
+            sides["compiled"] = make_ours(args, data, bf16=False, compiled=True)
     except (ConfigError, ValueError) as err:
         print(f"bench_train: {err}", file=sys.stderr)
         return 2
 
-    for run in sides.values():
+    warmup_s = {}
+    for name, run in sides.items():
+        t0 = time.perf_counter()
         run(args.warmup)
+        warmup_s[name] = time.perf_counter() - t0
     seconds = dict.fromkeys(sides, 0.0)
     done = 0
     while done < args.steps:
@@ -209,6 +228,13 @@ def main(argv: list[str] | None = None) -> int:
     if "autograd" in sps:
         result["autograd_steps_per_s"] = round(sps["autograd"], 2)
         result["hand_backward_gain"] = round(sps["ours"] / sps["autograd"], 3)
+    if "compiled" in sps:
+        result["compiled_steps_per_s"] = round(sps["compiled"], 2)
+        result["compiled_ms_per_step"] = round(1000.0 / sps["compiled"], 3)
+        result["compile_gain"] = round(sps["compiled"] / sps["ours"], 3)
+        result["compile_s"] = round(warmup_s["compiled"], 1)  # the warm-up, compile included
+        if "baseline" in sps:
+            result["compiled_speedup"] = round(sps["compiled"] / sps["baseline"], 3)
     for name, rate in sps.items():
         log.info("%-8s %8.1f steps/s  %7.3f ms/step", name, rate, 1000.0 / rate)
     print(json.dumps(result))

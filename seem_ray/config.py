@@ -252,6 +252,11 @@ class AlgoConfig:
     """adam or sgd (the paper contrasts their growth laws)."""
     ensemble: int = 2
     """Number of critic heads, computed together (2 = twin critics)."""
+    compile: bool = False
+    """torch.compile TD3+BC's hand-written step: ~12% faster steps on CPU here, after 10-15 s
+    of compiling once per process (needs a C++ compiler on CPU). Applies to plain ReLU nets in
+    single-worker runs (the hand-written path); other runs train eagerly. Worth it for long
+    runs, not for short smoke runs."""
     td3bc: TD3BCConfig = field(default_factory=TD3BCConfig)
     iql: IQLConfig = field(default_factory=IQLConfig)
     cql: CQLConfig = field(default_factory=CQLConfig)
@@ -274,6 +279,11 @@ class AlgoConfig:
         if self.name in ("td3bc", "cql"):
             _require(
                 self.ensemble >= 2, "ensemble", self.ensemble, ">= 2 for twin-critic algorithms"
+            )
+        if self.compile and self.name != "td3bc":
+            raise ConfigError(
+                "compile",
+                f"only td3bc's step is compiled, not {self.name}'s; set algo.compile: false",
             )
 
 

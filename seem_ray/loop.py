@@ -169,8 +169,10 @@ class TrainingRun:
         torch.set_rng_state(state["torch_rng"])
 
     def fingerprint_parts(self) -> dict[str, Any]:
-        """Config parts a checkpoint must match (everything but the step budget and cadences)."""
+        """Config parts a checkpoint must match (everything but the step budget, cadences and
+        ``algo.compile``, which changes how the same maths runs, not what it computes)."""
         d = to_dict(self.cfg)
+        d["algo"].pop("compile", None)
         return {k: d[k] for k in ("data", "algo", "critic", "actor")} | {
             "seed": self.cfg.train.seed
         }

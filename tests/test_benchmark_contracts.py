@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -44,6 +46,22 @@ def test_bench_train_prints_speeds_and_the_baseline_ratio(algo: str) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(
+    shutil.which(os.environ.get("CXX", "g++")) is None, reason="torch.compile needs a C++ compiler"
+)
+def test_bench_train_compile_adds_the_compiled_side_against_the_same_baseline() -> None:
+    # Two warm-up steps: the actor pass first runs (and compiles) on the second step.
+    tiny = ["--steps", "4", "--warmup", "2", "--chunk", "2", "--dataset-size", "500"]
+    out = last_json(run("bench_train.py", *tiny, "--hidden", "16,16", "--compile", "--json"))
+    for key in ("compiled_steps_per_s", "compiled_ms_per_step", "compile_s"):
+        assert out[key] > 0 and math.isfinite(out[key]), key
+    ratio = out["compiled_steps_per_s"] / out["baseline_steps_per_s"]
+    assert out["compiled_speedup"] == pytest.approx(ratio, rel=1e-2, abs=2e-3)  # 3 decimals
+    gain = out["compiled_steps_per_s"] / out["steps_per_s"]
+    assert out["compile_gain"] == pytest.approx(gain, rel=1e-2, abs=2e-3)
+
+
+@pytest.mark.slow
 def test_bench_seem_prints_seconds_and_seem() -> None:
     out = last_json(run("bench_seem.py", "--n", "32", "--repeats", "1", "--json"))
     assert out["seconds"] > 0
@@ -55,6 +73,7 @@ def test_bench_seem_prints_seconds_and_seem() -> None:
     [
         ("bench_train.py", ["--steps", "0"], "--steps must be >= 1"),
         ("bench_train.py", ["--hidden", "a,b"], "--hidden"),
+        ("bench_train.py", ["--algo", "iql", "--compile"], "algo.compile"),
         ("bench_stopper.py", ["--replay-every", "-1"], "--replay-every"),
     ],
 )

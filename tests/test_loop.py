@@ -1,9 +1,13 @@
-"""The framework-free training loop (seem_ray.loop): precision settings reach the updates."""
+"""The framework-free training loop (seem_ray.loop): precision and compile settings reach the
+updates."""
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
+import pytest
 import torch
 from tiny_run import TINY_RUN
 
@@ -13,8 +17,9 @@ from seem_ray.loop import TrainingRun, prepare_data
 TINY = ["data.dataset=seem_ray/pointmaze-umaze-dense-v0", *TINY_RUN, "train.steps=40"]
 
 
-def _train(bf16: bool) -> tuple[TrainingRun, list[dict[str, float]]]:
-    cfg = load_run_config(None, parse_set_expressions([*TINY, f"train.bf16={str(bf16).lower()}"]))
+def _train(bf16: bool, compile: bool = False) -> tuple[TrainingRun, list[dict[str, float]]]:
+    flags = [f"train.bf16={str(bf16).lower()}", f"algo.compile={str(compile).lower()}"]
+    cfg = load_run_config(None, parse_set_expressions([*TINY, *flags]))
     run = TrainingRun(cfg, prepare_data(cfg), torch.device("cpu"))
     reports: list[dict[str, float]] = []
     run.run(lambda _run, report: reports.append(report.metrics) or False)
@@ -33,3 +38,24 @@ def test_bf16_autocasts_the_updates_only(isolated_env: Path) -> None:
     assert float((w16 - w32).norm() / w32.norm()) < 0.05
     assert [r["step"] for r in reports16] == [r["step"] for r in reports32] == [20.0, 40.0]
     assert all(torch.isfinite(torch.tensor(r["seem"])) for r in reports16)
+
+
+@pytest.mark.skipif(
+    shutil.which(os.environ.get("CXX", "g++")) is None, reason="torch.compile needs a C++ compiler"
+)
+def test_algo_compile_trains_the_same_run_and_keeps_checkpoints_interchangeable(
+    isolated_env: Path,
+) -> None:
+    """algo.compile changes how the step runs, not what it computes: the same weights and SEEM
+    (up to float reassociation), and the same checkpoint fingerprint, so a run can be resumed
+    with compile switched on or off."""
+    eager, reports_e = _train(bf16=False)
+    compiled, reports_c = _train(bf16=False, compile=True)
+    assert compiled.algo.compiled and not eager.algo.compiled  # type: ignore[attr-defined]
+    we = torch.cat([p.detach().flatten() for p in eager.algo.critic.parameters()])
+    wc = torch.cat([p.detach().flatten() for p in compiled.algo.critic.parameters()])
+    torch.testing.assert_close(wc, we, rtol=1e-4, atol=1e-5)
+    assert [r["step"] for r in reports_c] == [r["step"] for r in reports_e] == [20.0, 40.0]
+    for rc, re in zip(reports_c, reports_e, strict=True):
+        assert rc["seem"] == pytest.approx(re["seem"], abs=1e-4)
+    assert compiled.fingerprint_parts() == eager.fingerprint_parts()

@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Iterable, Iterator
+import logging
+import os
+import shutil
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -22,6 +25,7 @@ from torch import nn
 from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
 
 from seem_ray.algos import handgrad
+from seem_ray.config import ConfigError
 from seem_ray.data.batches import Batch
 from seem_ray.nets import EnsembleCritic
 
@@ -29,6 +33,7 @@ __all__ = [
     "Algorithm",
     "OfflineAlgorithm",
     "bellman_target",
+    "compile_pass",
     "TargetUpdate",
     "ensemble_mse",
     "ensemble_mse_and_grad",
@@ -39,6 +44,8 @@ __all__ = [
     "make_target",
     "min_over_heads",
 ]
+
+log = logging.getLogger(__name__)
 
 
 @runtime_checkable
@@ -111,6 +118,27 @@ def ensemble_mse_and_grad(
     flat = err.view(-1)
     loss = torch.dot(flat, flat).div_(batch)  # sum_e mean_b (Q_e - y)^2 in two ops
     return loss, err.mul_(2.0 / batch)
+
+
+def compile_pass(fn: Callable[..., Any], device: torch.device) -> Callable[..., Any]:
+    """``torch.compile`` (inductor, fixed shapes) of a hand-written pass, for ``algo.compile``.
+
+    Inductor fuses the elementwise work between the matmuls (bias, ReLU, its backward, the
+    loss) into a few generated kernels; on CPU it compiles C++, so a compiler must exist: its
+    absence is a config error here rather than a long traceback at the first step. The first
+    call compiles (~10-15 s on the 2-core CPU here; a few seconds in later processes, which
+    find inductor's on-disk cache). Hyper-parameters are compiled in as constants: another
+    configuration in the same process compiles again.
+    """
+    if device.type == "cpu":
+        cxx = os.environ.get("CXX", "g++")
+        if shutil.which(cxx) is None:
+            raise ConfigError(
+                "algo.compile",
+                f"torch.compile on CPU needs a C++ compiler and {cxx!r} is not on PATH; "
+                "install g++ (or point CXX at one) or set algo.compile: false",
+            )
+    return torch.compile(fn, dynamic=False)
 
 
 def make_target(module: nn.Module) -> nn.Module:
@@ -372,7 +400,7 @@ class OfflineAlgorithm:
             loss = ensemble_mse(q, target)
             loss.backward()
             return q, loss
-        with torch.inference_mode():  # see handgrad.py: no autograd bookkeeping per op
+        with handgrad.no_record():  # see handgrad.py: no autograd bookkeeping per op
             q, acts = handgrad.critic_forward(self.critic, torch.cat([obs, act], dim=-1))
             loss, grad_q = ensemble_mse_and_grad(q, target)
             handgrad.critic_param_grads(self.critic, acts, grad_q)
