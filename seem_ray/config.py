@@ -253,10 +253,10 @@ class AlgoConfig:
     ensemble: int = 2
     """Number of critic heads, computed together (2 = twin critics)."""
     compile: bool = False
-    """torch.compile TD3+BC's hand-written step: ~12% faster steps on CPU here, after 10-15 s
-    of compiling once per process (needs a C++ compiler on CPU). Applies to plain ReLU nets in
-    single-worker runs (the hand-written path); other runs train eagerly. Worth it for long
-    runs, not for short smoke runs."""
+    """torch.compile TD3+BC's hand-written step: ~15% faster steps on CPU here, after 13-21 s
+    of compiling once per process, 3-4 s with a warm cache (needs a C++ compiler on CPU).
+    Applies to plain ReLU nets in single-worker runs (the hand-written path); other runs train
+    eagerly. Worth it for runs of tens of thousands of steps, not for smoke runs."""
     td3bc: TD3BCConfig = field(default_factory=TD3BCConfig)
     iql: IQLConfig = field(default_factory=IQLConfig)
     cql: CQLConfig = field(default_factory=CQLConfig)

@@ -126,8 +126,8 @@ def compile_pass(fn: Callable[..., Any], device: torch.device) -> Callable[..., 
     Inductor fuses the elementwise work between the matmuls (bias, ReLU, its backward, the
     loss) into a few generated kernels; on CPU it compiles C++, so a compiler must exist: its
     absence is a config error here rather than a long traceback at the first step. The first
-    call compiles (~10-15 s on the 2-core CPU here; a few seconds in later processes, which
-    find inductor's on-disk cache). Hyper-parameters are compiled in as constants: another
+    call compiles (~13-21 s on the 2-core CPU here; 3-4 s in later processes, which find
+    inductor's on-disk cache). Hyper-parameters are compiled in as constants: another
     configuration in the same process compiles again.
     """
     if device.type == "cpu":
@@ -138,6 +138,9 @@ def compile_pass(fn: Callable[..., Any], device: torch.device) -> Callable[..., 
                 f"torch.compile on CPU needs a C++ compiler and {cxx!r} is not on PATH; "
                 "install g++ (or point CXX at one) or set algo.compile: false",
             )
+        # The generated graph called through a C++ wrapper rather than Python: ~8% less per
+        # step again at the cost of a longer first compile (docs/benchmarks.md).
+        return torch.compile(fn, dynamic=False, options={"cpp_wrapper": True})
     return torch.compile(fn, dynamic=False)
 
 

@@ -15,7 +15,7 @@ Losses (B = batch, E = critic heads, M = max_action):
 With plain ReLU nets (the paper's setting) the gradients come from the hand-written backward
 in algos/handgrad.py instead of autograd: same values, less time per step on CPU (measured in
 docs/benchmarks.md). With ``algo.compile`` its two passes (target and critic gradients; actor
-gradients) run through ``torch.compile`` (base.compile_pass), ~1.1x faster again.
+gradients) run through ``torch.compile`` (base.compile_pass), ~1.15x faster again.
 """
 
 from __future__ import annotations
