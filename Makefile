@@ -36,7 +36,8 @@ bench: bootstrap
 	@$(PY) benchmarks/bench_seem.py --json
 	@$(PY) benchmarks/bench_seem.py --gram-paths --json
 	@$(PY) benchmarks/bench_train.py --algo td3bc --steps 500 --compile --json
-	@for a in iql cql; do $(PY) benchmarks/bench_train.py --algo $$a --steps 500 --json; done
+	@$(PY) benchmarks/bench_train.py --algo iql --steps 500 --compile --json
+	@$(PY) benchmarks/bench_train.py --algo cql --steps 500 --json
 	@$(PY) benchmarks/bench_bf16.py --json
 	@$(PY) benchmarks/bench_ray_overhead.py --json
 	@$(PY) benchmarks/bench_stopper.py --json

@@ -11,7 +11,7 @@ same data with the same maths in fp32 (benchmarks/baselines.py). ``--bf16`` adds
 ``--autograd`` adds ``autograd_steps_per_s`` and ``hand_backward_gain`` (seem_ray with its
 hand-written backward off: what algos/handgrad.py itself buys, in the same run); ``--compile``
 adds ``compiled_steps_per_s``, ``compiled_speedup`` (against the same baseline) and
-``compile_gain`` (against eager seem_ray) for td3bc with ``algo.compile``, and ``compile_s``,
+``compile_gain`` (against eager seem_ray) for td3bc or iql with ``algo.compile``, and ``compile_s``,
 the warm-up time that includes compiling.
 
 Fairness: both sides use the same ``torch.set_num_threads(--threads)``, both sample their own
@@ -93,7 +93,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--compile",
         action="store_true",
-        help="also time seem_ray with algo.compile (torch.compile of the td3bc step)",
+        help="also time seem_ray with algo.compile (torch.compile of the td3bc or iql step)",
     )
     p.add_argument(
         "--json", action="store_true", help="(kept for the contract; JSON is always the last line)"

@@ -73,7 +73,7 @@ def test_bench_seem_prints_seconds_and_seem() -> None:
     [
         ("bench_train.py", ["--steps", "0"], "--steps must be >= 1"),
         ("bench_train.py", ["--hidden", "a,b"], "--hidden"),
-        ("bench_train.py", ["--algo", "iql", "--compile"], "algo.compile"),
+        ("bench_train.py", ["--algo", "cql", "--compile"], "algo.compile"),
         ("bench_stopper.py", ["--replay-every", "-1"], "--replay-every"),
     ],
 )

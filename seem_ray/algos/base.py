@@ -354,6 +354,8 @@ class OfflineAlgorithm:
     # Train plain ReLU critics with the hand-written backward (algos/handgrad.py): same values,
     # no autograd engine. Subclasses set it after building the critic; False forces autograd.
     hand_backward: bool = False
+    # algo.compile in effect: the algorithm's passes run through compile_pass (torch.compile).
+    compiled: bool = False
 
     def __init__(self, device: torch.device) -> None:
         self.device = torch.device(device)
@@ -381,6 +383,23 @@ class OfflineAlgorithm:
         return torch.rand(shape, generator=self.generator, device=self.device)
 
     # --- the critic's regression step, shared --------------------------------------------------
+
+    def _start_compiling(
+        self, requested: bool, trained: list[nn.Module], frozen: list[nn.Module]
+    ) -> bool:
+        """Whether to compile this algorithm's passes: ``algo.compile`` and a hand-written path
+        (plain ReLU nets). Caches what the passes look up first, so that they are not traced;
+        a warning says when compiling was asked for but does not apply."""
+        if requested and self.hand_backward:
+            handgrad.prepare_caches(trained=trained, frozen=frozen)
+            log.info("algo.compile: the first step compiles %s's passes", type(self).__name__)
+            self.compiled = True
+        elif requested:
+            log.warning(
+                "algo.compile: only plain ReLU nets (no norm, no dropout) are compiled; "
+                "this run trains eagerly"
+            )
+        return self.compiled
 
     def _critic_by_hand(self) -> bool:
         """Plain ReLU critic, not DDP-wrapped (DDP reduces grads from autograd hooks), no

@@ -15,9 +15,9 @@ autograd engine's share of that overhead. With nothing to record, these paths ru
 step (parameters, ``.grad`` buffers, optimizer state) is made outside it, so autograd can still
 use it. Measured gains are in docs/benchmarks.md; tests compare every path with autograd.
 
-With ``algo.compile`` TD3+BC runs these passes through ``torch.compile`` (inductor fuses the
-elementwise work around the matmuls); inductor cannot trace inference mode, so compiled passes
-and their callers use ``no_grad`` instead (:func:`no_record`).
+With ``algo.compile`` TD3+BC and IQL run these passes through ``torch.compile`` (inductor fuses
+the elementwise work around the matmuls); inductor cannot trace inference mode, so compiled
+passes and their callers use ``no_grad`` instead (:func:`no_record`).
 
 Shapes: ensemble critic weights are [E, in, out] and biases [E, 1, out] (nets.EnsembleCritic);
 actor layers are nn.Linear ([out, in]).

@@ -20,8 +20,6 @@ gradients) run through ``torch.compile`` (base.compile_pass), ~1.15x faster agai
 
 from __future__ import annotations
 
-import logging
-
 import torch
 
 from seem_ray import metrics as M
@@ -40,8 +38,6 @@ from seem_ray.data.batches import Batch
 from seem_ray.nets import DeterministicActor, EnsembleCritic
 
 __all__ = ["TD3BC", "smoothed_target_action", "td3bc_actor_loss"]
-
-log = logging.getLogger(__name__)
 
 
 def smoothed_target_action(
@@ -113,19 +109,10 @@ class TD3BC(OfflineAlgorithm):
         # target updates stay eager: each is already one fused kernel).
         self._critic_pass = self._critic_grads_by_hand
         self._actor_pass = self._actor_grads_by_hand
-        self.compiled = algo.compile and self.hand_backward
-        if self.compiled:
-            handgrad.prepare_caches(
-                trained=[self.critic, self.actor], frozen=[self.critic_target, self.actor_target]
-            )
+        nets = [self.critic, self.actor], [self.critic_target, self.actor_target]
+        if self._start_compiling(algo.compile, *nets):
             self._critic_pass = compile_pass(self._critic_grads_by_hand, self.device)
             self._actor_pass = compile_pass(self._actor_grads_by_hand, self.device)
-            log.info("algo.compile: the first step compiles TD3+BC's hand-written passes")
-        elif algo.compile:
-            log.warning(
-                "algo.compile: only plain ReLU nets (no norm, no dropout) are compiled; "
-                "this critic/actor trains eagerly through autograd"
-            )
         self._track(
             critic=self.critic,
             critic_target=self.critic_target,
