@@ -17,7 +17,7 @@ import pytest
 import torch
 from tiny_batches import ACT, OBS, random_batch
 
-from seem_ray.algos import IQL, TD3BC, build_algorithm, handgrad
+from seem_ray.algos import OfflineAlgorithm, build_algorithm, handgrad
 from seem_ray.config import AlgoConfig, ConfigError, NetConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -28,33 +28,37 @@ needs_cxx = pytest.mark.skipif(
 )
 
 
-def make(compile: bool, critic: NetConfig | None = None, gamma: float = 0.99) -> TD3BC:
+def make(
+    compile: bool, name: str = "td3bc", critic: NetConfig | None = None, gamma: float = 0.99
+) -> OfflineAlgorithm:
     torch.manual_seed(0)
     net = NetConfig(hidden=(16, 16))
-    algo = build_algorithm(
-        AlgoConfig(name="td3bc", tau=0.5, gamma=gamma, compile=compile),
-        critic or net,
-        net,
-        OBS,
-        ACT,
-        1.0,
-        torch.device("cpu"),
-    )
-    assert isinstance(algo, TD3BC)
+    cfg = AlgoConfig(name=name, tau=0.5, gamma=gamma, compile=compile)
+    algo = build_algorithm(cfg, critic or net, net, OBS, ACT, 1.0, torch.device("cpu"))
+    assert isinstance(algo, OfflineAlgorithm)
     return algo
 
 
+NETS = {  # every net each algorithm trains or tracks
+    "td3bc": ("critic", "actor", "critic_target", "actor_target"),
+    "iql": ("critic", "value", "actor", "critic_target"),
+}
+
+
 @needs_cxx
-def test_compiled_td3bc_trains_like_the_eager_hand_path() -> None:
-    eager, compiled = make(False), make(True)
+@pytest.mark.parametrize("name", sorted(NETS))
+def test_compiled_step_trains_like_the_eager_one(name: str) -> None:
+    """TD3+BC: both hand-written passes compiled. IQL: the V/actor losses compiled with their
+    backward (AOTAutograd), and the hand-written critic pass."""
+    eager, compiled = make(False, name), make(True, name)
     assert compiled.compiled and not eager.compiled
-    assert eager._by_hand() and compiled._by_hand()
-    for s in range(6):  # three actor and target updates
+    assert eager._critic_by_hand() and compiled._critic_by_hand()
+    for s in range(6):  # TD3+BC: three actor and target updates
         b = random_batch(s, 32)
         out_e, out_c = eager.update(b), compiled.update(b)
         for key in out_e:
             torch.testing.assert_close(out_c[key], out_e[key], rtol=1e-5, atol=1e-6)
-    for m in ("critic", "actor", "critic_target", "actor_target"):
+    for m in NETS[name]:
         pairs = zip(getattr(compiled, m).parameters(), getattr(eager, m).parameters(), strict=True)
         for p, q in pairs:
             torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
@@ -64,33 +68,6 @@ def test_compiled_td3bc_trains_like_the_eager_hand_path() -> None:
     assert float(out_c["critic_grad_norm"]) == pytest.approx(naive, rel=1e-5)
     for p in compiled.critic.parameters():  # state that outlives a step is autograd-usable
         assert not p.is_inference() and not p.grad.is_inference()  # type: ignore[union-attr]
-
-
-def make_iql(compile: bool) -> IQL:
-    torch.manual_seed(0)
-    net = NetConfig(hidden=(16, 16))
-    cfg = AlgoConfig(name="iql", tau=0.5, compile=compile)
-    algo = build_algorithm(cfg, net, net, OBS, ACT, 1.0, torch.device("cpu"))
-    assert isinstance(algo, IQL)
-    return algo
-
-
-@needs_cxx
-def test_compiled_iql_trains_like_the_eager_path() -> None:
-    """The V/actor losses compiled with their backward (AOTAutograd), the critic pass by hand."""
-    eager, compiled = make_iql(False), make_iql(True)
-    assert compiled.compiled and not eager.compiled
-    for s in range(4):
-        b = random_batch(s, 32)
-        out_e, out_c = eager.update(b), compiled.update(b)
-        for key in out_e:
-            torch.testing.assert_close(out_c[key], out_e[key], rtol=1e-5, atol=1e-6)
-    for m in ("critic", "value", "actor", "critic_target"):
-        pairs = zip(getattr(compiled, m).parameters(), getattr(eager, m).parameters(), strict=True)
-        for p, q in pairs:
-            torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
-    naive = sum(float(p.grad.double().square().sum()) for p in compiled.critic.parameters()) ** 0.5  # type: ignore[union-attr]
-    assert float(out_c["critic_grad_norm"]) == pytest.approx(naive, rel=1e-5)
 
 
 @needs_cxx
@@ -134,7 +111,7 @@ def test_compile_with_a_layernorm_critic_warns_and_trains_eagerly(
 ) -> None:
     with caplog.at_level(logging.WARNING, logger="seem_ray.algos.base"):
         algo = make(True, critic=NetConfig(hidden=(16, 16), norm="layer"))
-    assert not algo.compiled and not algo._by_hand()
+    assert not algo.compiled and not algo._critic_by_hand()
     assert "only plain ReLU nets" in caplog.text
     assert algo.update(random_batch(0, 32))["critic_loss"].isfinite()
 

@@ -121,7 +121,8 @@ def ensemble_mse_and_grad(
 
 
 def compile_pass(fn: Callable[..., Any], device: torch.device) -> Callable[..., Any]:
-    """``torch.compile`` (inductor, fixed shapes) of a hand-written pass, for ``algo.compile``.
+    """``torch.compile`` (inductor, fixed shapes) of one pass of an algorithm's step, for
+    ``algo.compile``: a hand-written gradient pass, or losses whose backward AOTAutograd compiles.
 
     Inductor fuses the elementwise work between the matmuls (bias, ReLU, its backward, the
     loss) into a few generated kernels; on CPU it compiles C++, so a compiler must exist: its
