@@ -125,24 +125,29 @@ def compile_pass(fn: Callable[..., Any], device: torch.device) -> Callable[..., 
     ``algo.compile``: a hand-written gradient pass, or losses whose backward AOTAutograd compiles.
 
     Inductor fuses the elementwise work between the matmuls (bias, ReLU, its backward, the
-    loss) into a few generated kernels; on CPU it compiles C++, so a compiler must exist: its
-    absence is a config error here rather than a long traceback at the first step. The first
-    call compiles (~13-21 s on the 2-core CPU here; 3-4 s in later processes, which find
-    inductor's on-disk cache). Hyper-parameters are compiled in as constants: another
-    configuration in the same process compiles again.
+    loss) into a few generated kernels. The first call compiles (~13-21 s on the 2-core CPU
+    here; 3-4 s in later processes, which find inductor's on-disk cache). Hyper-parameters are
+    compiled in as constants: another configuration in the same process compiles again.
     """
     if device.type == "cpu":
-        cxx = os.environ.get("CXX", "g++")
-        if shutil.which(cxx) is None:
-            raise ConfigError(
-                "algo.compile",
-                f"torch.compile on CPU needs a C++ compiler and {cxx!r} is not on PATH; "
-                "install g++ (or point CXX at one) or set algo.compile: false",
-            )
         # The generated graph called through a C++ wrapper rather than Python: ~8% less per
         # step again at the cost of a longer first compile (docs/benchmarks.md).
         return torch.compile(fn, dynamic=False, options={"cpp_wrapper": True})
     return torch.compile(fn, dynamic=False)
+
+
+def _require_cxx_compiler(device: torch.device) -> None:
+    """Inductor compiles C++ for CPU code: a missing compiler is a config error when the
+    algorithm is built, rather than a long traceback at the first step."""
+    if device.type != "cpu":
+        return
+    cxx = os.environ.get("CXX", "g++")
+    if shutil.which(cxx) is None:
+        raise ConfigError(
+            "algo.compile",
+            f"torch.compile on CPU needs a C++ compiler and {cxx!r} is not on PATH; "
+            "install g++ (or point CXX at one) or set algo.compile: false",
+        )
 
 
 def make_target(module: nn.Module) -> nn.Module:
@@ -392,6 +397,7 @@ class OfflineAlgorithm:
         (plain ReLU nets). Caches what the passes look up first, so that they are not traced;
         a warning says when compiling was asked for but does not apply."""
         if requested and self.hand_backward:
+            _require_cxx_compiler(self.device)
             handgrad.prepare_caches(trained=trained, frozen=frozen)
             log.info("algo.compile: the first step compiles %s's passes", type(self).__name__)
             self.compiled = True

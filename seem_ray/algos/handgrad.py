@@ -82,7 +82,7 @@ def prepare_caches(trained: Sequence[nn.Module], frozen: Sequence[nn.Module] = (
     """Gather every net's layer list, and make the trained nets' flat gradient buffers, now and
     eagerly, so that a compiled pass finds them cached instead of tracing their creation."""
     for net in trained:
-        _grad_views(net, _cache(net).layers)
+        _grad_views(net)
     for net in frozen:
         _cache(net)
 
@@ -174,9 +174,8 @@ def critic_param_grads(
     The gradients are written into views of one flat buffer per critic (see
     :func:`flat_critic_grad`), overwritten by the next call.
     """
-    layers = _critic_layers(critic)
-    *hidden, (w_out, b_out) = layers
-    *hidden_grads, (gw_out, gb_out) = _grad_views(critic, layers)
+    *hidden, (w_out, b_out) = _critic_layers(critic)
+    *hidden_grads, (gw_out, gb_out) = _grad_views(critic)
     g = grad_q.unsqueeze(-1)  # [E, B, 1]
     w_out.grad = torch.bmm(acts[-1].transpose(1, 2), g, out=gw_out)
     b_out.grad = torch.sum(g, 1, keepdim=True, out=gb_out)
@@ -191,19 +190,17 @@ def critic_param_grads(
             grad_act = torch.bmm(grad_h, weight.transpose(1, 2))
 
 
-def _grad_views(
-    net: nn.Module, layers: list[tuple[torch.Tensor, torch.Tensor]]
-) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def _grad_views(net: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Views of the net's flat gradient buffer shaped like its (weight, bias) pairs.
 
     The buffer is a normal tensor even when made under inference mode (autograd may later
     accumulate into these ``.grad``), and is made again if the net moved device or dtype.
     """
-    first = layers[0][0]
     cache = _cache(net)
+    first = cache.layers[0][0]
     entry = cache.grads
     if entry is None or entry.flat.device != first.device or entry.flat.dtype != first.dtype:
-        params = [t for pair in layers for t in pair]
+        params = [t for pair in cache.layers for t in pair]
         with torch.inference_mode(False):
             flat = first.new_empty(sum(p.numel() for p in params))
             chunks = torch.split(flat, [p.numel() for p in params])
@@ -282,7 +279,7 @@ def actor_param_grads(
     """Set ``.grad`` of every actor parameter from dLoss/dpi [B, A] (views of one flat buffer,
     like the critic's)."""
     layers = _actor_layers(actor)
-    grads = _grad_views(actor, layers)
+    grads = _grad_views(actor)
     squashed = acts[-1]
     g = torch.ops.aten.tanh_backward(_scaled(grad_pi, actor.max_action), squashed)
     for i in range(len(layers) - 1, -1, -1):
