@@ -298,6 +298,11 @@ class SeemConfig:
     """Measure SEEM at all."""
     every: int = 1000
     """Probe cadence in steps (the paper: 10,000 of 1M)."""
+    early_every: int = 100
+    """Denser cadence (records and SEEM) during the first `early_until` steps, so a fast
+    diverger is seen before the first regular probe; 0 = no dense phase."""
+    early_until: int = 2000
+    """Last step of the dense early phase."""
     probe_size: int = 512
     """Transitions in the fixed probe batch (the paper: 2560)."""
     head: int = 0
@@ -309,6 +314,8 @@ class SeemConfig:
 
     def __post_init__(self) -> None:
         _require(self.every >= 1, "every", self.every, ">= 1")
+        _require(self.early_every >= 0, "early_every", self.early_every, ">= 0 (0 = off)")
+        _require(self.early_until >= 0, "early_until", self.early_until, ">= 0")
         _require(2 <= self.probe_size <= 20000, "probe_size", self.probe_size, "2..20000")
         _require(self.head >= 0, "head", self.head, ">= 0")
         _choice("eig", self.eig, EIG_METHODS)

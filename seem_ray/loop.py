@@ -11,6 +11,7 @@ per ``train.log_every`` steps, so the step itself never waits on a host sync.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import time
@@ -242,6 +243,19 @@ class TrainingRun:
         return out
 
     # ---------------------------------------------------------------- the loop
+    def _in_early_phase(self, step: int) -> bool:
+        """A dense early report + SEEM probe is due (``seem.early_every`` up to ``early_until``):
+        fast divergers cross the Q bound within the first few hundred steps, before the first
+        regular probe."""
+        sc = self.cfg.seem
+        return bool(sc.early_every) and step <= sc.early_until and step % sc.early_every == 0
+
+    def _due(self, every: int, *, regular: bool, final: bool) -> bool:
+        """A cadence of ``every`` steps (0 = only at the end) falls on this report; cadences
+        count in regular reports only, so the dense early phase adds no checkpoints or evals."""
+        log_every = self.cfg.train.log_every
+        return regular and (final or bool(every and self.step % every < log_every))
+
     def run(self, report: ReportFn) -> int:
         """Train until ``train.steps`` (or until ``report`` returns True); returns the last step."""
         tc, sc = self.cfg.train, self.cfg.seem
@@ -260,7 +274,9 @@ class TrainingRun:
             self.step += 1
             self.train_seconds += time.perf_counter() - started
             final = self.step >= tc.steps
-            if not (final or self.step % tc.log_every == 0):
+            regular = final or self.step % tc.log_every == 0
+            early = self._in_early_phase(self.step)
+            if not (regular or early):
                 continue
             metrics = {
                 key: float(total) / count for key, total in sums.items()
@@ -268,17 +284,14 @@ class TrainingRun:
             elapsed = time.perf_counter() - window_start
             metrics[M.STEPS_PER_S] = window_steps / elapsed if elapsed > 0 else 0.0
             metrics[M.STEP] = float(self.step)
+            due = functools.partial(self._due, regular=regular, final=final)
             if self.is_chief:
                 metrics.update(self.probe_q_metrics())
-                if sc.enabled and (final or self.step % sc.every < tc.log_every):
+                if sc.enabled and (early or due(sc.every)):
                     metrics.update(self.seem_metrics())
-                if tc.eval_episodes > 0 and (
-                    final or (tc.eval_every and self.step % tc.eval_every < tc.log_every)
-                ):
+                if tc.eval_episodes > 0 and due(tc.eval_every):
                     metrics.update(self.evaluate())
-            checkpoint_due = final or bool(
-                tc.checkpoint_every and self.step % tc.checkpoint_every < tc.log_every
-            )
+            checkpoint_due = due(tc.checkpoint_every)
             stop = report(self, Report(self.step, metrics, checkpoint_due, final))
             sums, count = {}, 0
             window_start, window_steps = time.perf_counter(), 0

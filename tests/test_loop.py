@@ -59,3 +59,40 @@ def test_algo_compile_trains_the_same_run_and_keeps_checkpoints_interchangeable(
     for rc, re in zip(reports_c, reports_e, strict=True):
         assert rc["seem"] == pytest.approx(re["seem"], abs=1e-4)
     assert compiled.fingerprint_parts() == eager.fingerprint_parts()
+
+
+def test_dense_early_phase_adds_reports_and_probes_but_no_checkpoints(isolated_env: Path) -> None:
+    """seem.early_every/early_until: records and SEEM probes every early_every steps up to
+    early_until, then the regular cadence; checkpoints stay on the regular cadence only."""
+    cfg = load_run_config(
+        None,
+        parse_set_expressions(
+            [
+                *TINY,
+                "train.steps=100",
+                "train.log_every=50",
+                "seem.every=50",
+                "seem.early_every=10",
+                "seem.early_until=30",
+                "train.checkpoint_every=50",
+            ]
+        ),
+    )
+    run = TrainingRun(cfg, prepare_data(cfg), torch.device("cpu"))
+    reports = []
+    run.run(lambda _run, report: reports.append(report) or False)
+    assert [r.step for r in reports] == [10, 20, 30, 50, 100]
+    assert all("seem" in r.metrics for r in reports)
+    assert [r.step for r in reports if r.checkpoint_due] == [50, 100]
+
+    off = load_run_config(
+        None,
+        parse_set_expressions(
+            [*TINY, "train.steps=100", "train.log_every=50", "seem.every=100", "seem.early_every=0"]
+        ),
+    )
+    plain = TrainingRun(off, prepare_data(off), torch.device("cpu"))
+    records: list[dict[str, float]] = []
+    plain.run(lambda _run, report: records.append(report.metrics) or False)
+    assert [r["step"] for r in records] == [50.0, 100.0]
+    assert ["seem" in r for r in records] == [False, True]
