@@ -11,8 +11,10 @@ With --live, the sweep is also run for real with the SEEM stopper to confirm the
 
 A trial the SEEM stopper stopped whose Q had not crossed the bound by the budget is neither a
 confirmed divergence nor a false kill yet: its config (base + the trial's overrides, same seed)
-is retrained on its own, stopper off, for --confirm-steps (default 2x the budget), and the kill
-counts as false only if Q stays within the bound over that longer horizon.
+is retrained on its own, stopper off, for --confirm-steps (default 2x the budget; where that run
+is still climbing at its end, again to 4x), and the kill counts as false only if Q stays within
+the bound and settles over that longer horizon; a run still climbing at 4x is reported as an
+*unclear* kill.
 
 Usage: python benchmarks/bench_stopper.py [--config tune_configs/mixed.yaml] [--json]
        python benchmarks/bench_stopper.py --from-sweep runs/sweeps/<name>   (replay a recorded
@@ -42,7 +44,7 @@ from seem_ray.config import (  # noqa: E402
     apply_overrides,
     load_sweep_config,
 )
-from seem_ray.divergence import bound_crossing  # noqa: E402
+from seem_ray.divergence import bound_crossing, still_climbing  # noqa: E402
 from seem_ray.stopper import DivergenceStopper  # noqa: E402
 
 
@@ -108,9 +110,19 @@ def confirm(sweep: SweepConfig, overrides: dict[str, Any], steps: int, out: Path
     return {
         "steps": steps,
         "crossed_at": bound_crossing(history, bound),
+        "still_climbing": still_climbing(history),
         "q_ratio_end": abs(float(last.get(M.Q_MEAN, math.nan))) / bound,
         "run_dir": str(run_dir),
     }
+
+
+def confirm_kill(sweep: SweepConfig, overrides: dict[str, Any], steps: int, out: Path) -> dict:
+    """Retrain a stopped trial to ``steps``; where that run neither crossed nor settled (still
+    climbing at the end), once more to 2x ``steps``. The last run's answer counts."""
+    result = confirm(sweep, overrides, steps, out)
+    if result["crossed_at"] is None and result["still_climbing"]:
+        result = {**confirm(sweep, overrides, 2 * steps, out), "first": result}
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -183,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         if stop is None or truth[t] is not None or confirm_steps <= budget:
             continue
         trial_overrides = streams[t][-1].get("config", {}).get("overrides", {})
-        confirmations[t] = confirm(
+        confirmations[t] = confirm_kill(
             sweep, trial_overrides, confirm_steps, sweep_path.parent / f"{sweep_path.name}_confirm"
         )
     used = {
@@ -200,9 +212,19 @@ def main(argv: list[str] | None = None) -> int:
     false_kills = [
         t
         for t in stopped_no_cross
-        if t not in confirmations or confirmations[t]["crossed_at"] is None
+        if t not in confirmations
+        or (confirmations[t]["crossed_at"] is None and not confirmations[t]["still_climbing"])
     ]
-    confirmed_late = [t for t in stopped_no_cross if t not in false_kills]
+    unclear_kills = [
+        t
+        for t in stopped_no_cross
+        if t in confirmations
+        and confirmations[t]["crossed_at"] is None
+        and confirmations[t]["still_climbing"]
+    ]
+    confirmed_late = [
+        t for t in stopped_no_cross if t not in false_kills and t not in unclear_kills
+    ]
     # The same comparison summed over every diverging trial: steps each stopper let the
     # divergers run (the budget when it never stopped them). Kills confirmed only beyond the
     # budget count as divergers here, as in max_saving_for_this_mix.
@@ -248,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         "median_lead_x": statistics.median(leads) if leads else None,
         "min_lead_x": min(leads) if leads else None,
         "false_kills": len(false_kills),
+        "unclear_kills": len(unclear_kills),
         "kills_confirmed_beyond_budget": len(confirmed_late),
         "leads_x": sorted(leads),
         "diverger_steps": diverger_steps,
@@ -282,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
             "total_lead_x",
             "diverger_steps_saved",
             "false_kills",
+            "unclear_kills",
             "kills_confirmed_beyond_budget",
             "share_of_max_saving",
             "divergers",

@@ -372,10 +372,14 @@ class StopperConfig:
     growth_horizon: float = 4.0
     """Growth predictor: flag when Q is projected to cross the bound within horizon x elapsed steps."""
     confirm_order: float = 1.5
-    """A SEEM streak counts only while |Q| grows at least like t^confirm_order (healthy learning
-    from a near-zero start is about linear, then saturates)."""
+    """A SEEM streak counts only while max |Q| on the probe (a running maximum: sign-free) grows
+    at least like t^confirm_order over the last doubling of steps..."""
+    weight_order: float = 0.0
+    """...or while the critic's weight norm grows at least like t^weight_order (0 = off)."""
     growth_order: float = 2.0
-    """Growth predictor alone: |Q| growth order needed (sustained over `patience` records)."""
+    """Growth predictor alone: growth order of max |Q| needed (sustained over `patience` records)."""
+    min_scale_fraction: float = 0.01
+    """No SEEM/growth verdict before max |Q| on the probe reaches this fraction of the bound."""
 
     def __post_init__(self) -> None:
         _choice("kind", self.kind, STOPPERS)
@@ -386,7 +390,11 @@ class StopperConfig:
         _positive("growth_horizon", self.growth_horizon)
         _require(self.growth_horizon > 1, "growth_horizon", self.growth_horizon, "> 1")
         _positive("confirm_order", self.confirm_order)
+        _require(self.weight_order >= 0, "weight_order", self.weight_order, ">= 0 (0 = off)")
         _positive("growth_order", self.growth_order)
+        _require(
+            0 <= self.min_scale_fraction < 1, "min_scale_fraction", self.min_scale_fraction, "0..1"
+        )
 
 
 @dataclass(frozen=True)

@@ -37,11 +37,13 @@ __all__ = [
     "NanPredictor",
     "Predictor",
     "QBoundPredictor",
+    "RunningScale",
     "SeemPredictor",
     "Verdict",
     "bound_crossing",
     "build_predictor",
     "default_predictor",
+    "still_climbing",
 ]
 
 
@@ -84,6 +86,20 @@ def bound_crossing(records: Iterable[Mapping[str, float]], q_bound: float) -> in
         if not math.isfinite(q) or abs(q) > q_bound:
             return int(r[M.STEP])
     return None
+
+
+def still_climbing(
+    records: Iterable[Mapping[str, float]], tail: float = 0.25, rise: float = 0.1
+) -> bool:
+    """|mean Q|'s running maximum rose by more than ``rise`` over the last ``tail`` of the steps:
+    a run that has not crossed the bound but may yet, so calling it "stable" would be a guess
+    (calibration and the stopper benchmark lengthen such runs, then call them *ambiguous*)."""
+    pts = [(r[M.STEP], abs(r[M.Q_MEAN])) for r in records if _finite(r.get(M.Q_MEAN))]
+    if len(pts) < 4:
+        return False
+    cut = pts[-1][0] * (1 - tail)
+    before = max(q for s, q in pts if s <= cut)
+    return max(q for _, q in pts) > (1 + rise) * before
 
 
 def _finite(x: float | None) -> bool:
@@ -177,13 +193,58 @@ class SeemPredictor(_Latching):
         return self.streak >= self.patience
 
 
-class GrowthPredictor(_Latching):
-    """Power-law growth of |Q| (paper, Adam: Q = Theta(t^L) once diverging), projected to the bound.
+class RunningScale:
+    """A sign-free, scale-free record of how large a quantity has become: the running maximum of
+    a non-negative metric (default: max |Q| on the probe, falling back to |mean Q|).
 
-    The growth order over the last doubling of steps, s = log(|Q_t| / |Q_t/2|) / log 2, is about
-    L for a diverging L-layer critic and below 1 for a healthy critic settling on its values
-    (saturating curves). The predictor flags when s >= ``min_order`` on ``sustain`` consecutive
-    records and the projection t_x = t * (bound / |Q_t|)^(1/s) falls within ``horizon`` x t.
+    A running maximum never reads a sign change as growth (a mean Q that starts below zero and
+    crosses it dips |mean Q| to ~0, and a ratio against ~0 is "infinite growth"), and its growth
+    order over a doubling of steps is ~L for |Q| ~ t^L and -> 0 for a curve that settles.
+    """
+
+    def __init__(self, key: str = M.Q_ABS_MAX, fallback: str | None = M.Q_MEAN) -> None:
+        self.key, self.fallback = key, fallback
+        self.steps: list[int] = []
+        self.values: list[float] = []
+
+    def observe(self, step: int, metrics: Mapping[str, float]) -> None:
+        """Fold in one record (records at or before the last step, or without the metric, are skipped)."""
+        value = metrics.get(self.key)
+        if not _finite(value) and self.fallback is not None:
+            value = metrics.get(self.fallback)
+        if not _finite(value) or step <= 0 or (self.steps and step <= self.steps[-1]):
+            return
+        level = max(abs(value), self.values[-1] if self.values else 0.0)  # type: ignore[arg-type]
+        self.steps.append(step)
+        self.values.append(level)
+
+    @property
+    def value(self) -> float | None:
+        return self.values[-1] if self.values else None
+
+    def order(self, since: int | None = None) -> float | None:
+        """Growth exponent log(S_t / S_ref) / log(t / t_ref) from the last record at or before
+        ``since`` (default t/2, the last doubling) to now; None without enough history."""
+        if len(self.steps) < 2:
+            return None
+        t, v = self.steps[-1], self.values[-1]
+        ref = t / 2 if since is None else since
+        i = max(0, bisect.bisect_right(self.steps, ref) - 1)
+        t_ref, v_ref = self.steps[i], self.values[i]
+        if t_ref >= t or v_ref <= 0 or v <= 0:
+            return None
+        return math.log(v / v_ref) / math.log(t / t_ref)
+
+
+class GrowthPredictor(_Latching):
+    """Power-law growth of the critic's values (paper, Adam: Q = Theta(t^L) once diverging),
+    projected to the bound.
+
+    The growth order over the last doubling of steps of :class:`RunningScale` (max |Q| on the
+    probe, a running maximum) is about L for a diverging L-layer critic and near 0 for a critic
+    settling on its values. The predictor flags when the order is >= ``min_order`` on ``sustain``
+    consecutive records and the projection t_x = t * (bound / S_t)^(1/order) falls within
+    ``horizon`` x t.
     """
 
     def __init__(
@@ -202,68 +263,61 @@ class GrowthPredictor(_Latching):
         self.min_order = min_order
         self.sustain = sustain
         self.horizon = horizon
-        self.steps: list[int] = []
-        self.values: list[float] = []
+        self.scale = RunningScale()
         self.sustained = 0
         self.predicted_step: int | None = None
 
     def observe(self, step: int, metrics: Mapping[str, float]) -> None:
-        """Record |mean Q| of a record (records at or before the last step are ignored)."""
-        q = metrics.get(M.Q_MEAN)
-        if _finite(q) and step > 0 and (not self.steps or step > self.steps[-1]):
-            self.steps.append(step)
-            self.values.append(abs(q))  # type: ignore[arg-type]
+        self.scale.observe(step, metrics)
 
     def order(self) -> float | None:
-        """Growth exponent of |Q| over the last doubling of steps (None without enough history)."""
-        if len(self.steps) < 2:
-            return None
-        t, q = self.steps[-1], self.values[-1]
-        i = max(0, bisect.bisect_right(self.steps, t / 2) - 1)
-        t_half, q_half = self.steps[i], self.values[i]
-        if t_half >= t or q_half <= 0 or q <= 0:
-            return None
-        return math.log(q / q_half) / math.log(t / t_half)
+        """Growth exponent of the value scale over the last doubling of steps."""
+        return self.scale.order()
 
     def project(self) -> int | None:
-        """Projected step at which |Q| reaches the bound at the current order, or None."""
+        """Projected step at which the value scale reaches the bound at the current order."""
         s = self.order()
         if s is None or s <= 0 or not math.isfinite(self.q_bound):
             return None
-        t, q = self.steps[-1], self.values[-1]
+        t, q = self.scale.steps[-1], self.scale.values[-1]
         if q >= self.q_bound:
             return t
         log_t = math.log(t) + math.log(self.q_bound / q) / s  # in logs: tiny orders overflow
         return int(math.exp(min(log_t, 34.0)))
 
     def update(self, step: int, metrics: Mapping[str, float]) -> Verdict:
+        before = len(self.scale.steps)
         self.observe(step, metrics)
+        if len(self.scale.steps) == before:
+            return self.verdict  # nothing new (no Q in this record)
         s = self.order()
         self.sustained = self.sustained + 1 if s is not None and s >= self.min_order else 0
         self.predicted_step = self.project()
         due = self.predicted_step is not None and self.predicted_step <= self.horizon * step
         if self.sustained >= self.sustain and due:
-            since = self.steps[max(0, len(self.steps) - self.sustained)]
+            steps = self.scale.steps
+            since = steps[max(0, len(steps) - self.sustained)]
             return self._flag(step, M.REASON_GROWTH, since, self.predicted_step)
         return self.verdict
 
 
 class CompositePredictor(_Latching):
-    """The calibrated default: NaN | Q-bound | (SEEM persistence AND |Q| rising) | growth projection.
+    """The calibrated default: NaN | Q bound | (SEEM persistence AND values still growing) | growth.
 
-    Args:
-        q_bound: r_max / (1 - gamma) of the dataset (reward scale included).
-        seem_threshold: SEEM above this counts as a positive probe.
-        patience: consecutive positive probes.
-        q_bound_factor: Q-bound multiplier for the hard check.
-        growth_horizon: see :class:`GrowthPredictor`.
-        grace_steps: no verdict from SEEM/growth before this step (NaN/Q-bound always count).
-        confirm_order: growth order of |Q| (over the last doubling of steps) that confirms a
-            SEEM streak; healthy critics learning from a near-zero start grow about linearly
-            and then settle.
-        growth_order: growth order the growth predictor alone needs (sustained).
-        min_q_fraction: soft (SEEM/growth) verdicts only once |mean Q| >= this x q_bound: the
-            growth order of a |Q| still near its zero initialisation is noise.
+    Evidence, all sign-free and scale-free:
+
+    - SEEM above ``seem_threshold`` on ``patience`` consecutive probes (the paper's sign test,
+      with persistence against the transients that no-LN critics show early);
+    - confirmed by the value scale (running max of max |Q| on the probe) growing at least like
+      t^``confirm_order`` over the last doubling of steps, or the critic's weight norm growing
+      like t^``weight_order`` (0 = off; the paper's other Adam signature: the weights of a diverging
+      critic grow linearly in t, those of a settling one barely move) -- calibration showed
+      LayerNorm critics holding SEEM 0.05-0.2 with bounded Q, so SEEM alone false-alarms;
+    - the growth projection alone (:class:`GrowthPredictor`) for SEEM-quiet divergers.
+
+    Soft (SEEM, growth) verdicts wait for ``grace_steps`` and for the value scale to reach
+    ``min_scale_fraction`` x the bound: the growth order of values still near their zero start
+    is noise. The NaN and Q-bound checks always apply.
     """
 
     def __init__(
@@ -276,12 +330,13 @@ class CompositePredictor(_Latching):
         growth_horizon: float = 4.0,
         grace_steps: int = 0,
         confirm_order: float = 1.5,
+        weight_order: float = 0.0,
         growth_order: float = 2.0,
         use_growth: bool = True,
-        min_q_fraction: float = 0.01,
+        min_scale_fraction: float = 0.01,
     ) -> None:
         super().__init__()
-        self.min_q = min_q_fraction * q_bound
+        self.min_scale = min_scale_fraction * q_bound
         self.bound = QBoundPredictor(q_bound, q_bound_factor)
         self.seem = SeemPredictor(seem_threshold, patience)
         self.growth = GrowthPredictor(
@@ -290,21 +345,31 @@ class CompositePredictor(_Latching):
             sustain=patience,
             horizon=growth_horizon,
         )
+        self.weights = RunningScale(M.CRITIC_WEIGHT_NORM, fallback=None)
         self.grace_steps = grace_steps
         self.confirm_order = confirm_order
+        self.weight_order = weight_order
         self.use_growth = use_growth
+
+    def confirmed(self) -> bool:
+        """The values (or the weights) are still growing fast enough to back a SEEM streak."""
+        order = self.growth.order()
+        if order is not None and order >= self.confirm_order:
+            return True
+        w = self.weights.order()
+        return bool(self.weight_order) and w is not None and w >= self.weight_order
 
     def update(self, step: int, metrics: Mapping[str, float]) -> Verdict:
         hard = self.bound.update(step, metrics)
         if hard.diverging:
             return self._flag(step, hard.reason or M.REASON_Q_BOUND, hard.since or step)
         self.seem.update(step, metrics)
+        self.weights.observe(step, metrics)
         g = self.growth.update(step, metrics)
-        q = metrics.get(M.Q_MEAN)
-        if step < self.grace_steps or not _finite(q) or abs(q) < self.min_q:  # type: ignore[arg-type]
-            return self.verdict  # growth orders of a |Q| still near its zero start are noise
-        order = self.growth.order()
-        if self.seem.persistent and order is not None and order >= self.confirm_order:
+        scale = self.growth.scale.value
+        if step < self.grace_steps or scale is None or scale < self.min_scale:
+            return self.verdict
+        if self.seem.persistent and self.confirmed():
             return self._flag(
                 step, M.REASON_SEEM, self.seem.streak_start or step, self.growth.predicted_step
             )
@@ -334,5 +399,7 @@ def build_predictor(settings: StopperConfig, q_bound: float) -> Predictor | None
         growth_horizon=settings.growth_horizon,
         grace_steps=settings.grace_steps,
         confirm_order=settings.confirm_order,
+        weight_order=settings.weight_order,
         growth_order=settings.growth_order,
+        min_scale_fraction=settings.min_scale_fraction,
     )

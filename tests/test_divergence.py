@@ -13,6 +13,7 @@ from seem_ray.divergence import (
     CompositePredictor,
     GrowthPredictor,
     QBoundPredictor,
+    RunningScale,
     SeemPredictor,
     bound_crossing,
     build_predictor,
@@ -138,4 +139,63 @@ def test_predictors_pickle_with_their_state() -> None:
     for t, rec in stream(lambda t: 5.0, lambda t: 0.3, steps=range(500, 2001, 500)):
         pred.update(t, rec)
     clone = pickle.loads(pickle.dumps(pred))
-    assert clone.seem.streak == pred.seem.streak and clone.growth.values == pred.growth.values
+    assert (
+        clone.seem.streak == pred.seem.streak
+        and clone.growth.scale.values == pred.growth.scale.values
+    )
+
+
+# --- sign-free, scale-free evidence (issue 19): each part on its own synthetic curve ----------
+
+
+def test_running_scale_reads_a_zero_crossing_as_no_growth() -> None:
+    """Negative rewards: mean Q starts below zero, crosses it and settles. |mean Q| over a
+    doubling of steps reads the crossing as explosive growth; the running max |Q| does not."""
+    q = lambda t: -6.0 + 16.0 * (1 - math.exp(-t / 5000.0))  # noqa: E731  crosses 0 near 2.3k
+    naive = GrowthPredictor(BOUND)  # fed |mean Q| the way the old predictor read it
+    scale = RunningScale(key=M.Q_MEAN)
+    naive_orders, orders = [], []
+    for t, rec in stream(q, lambda t: 0.1):
+        naive.scale.steps.append(t)
+        naive.scale.values.append(max(abs(rec[M.Q_MEAN]), 1e-12))
+        naive_orders.append(naive.scale.order() or 0.0)
+        scale.observe(t, rec)
+        orders.append(scale.order() or 0.0)
+    assert max(naive_orders) > 2.0  # the trap is real for a sign-blind ratio
+    assert max(orders) < 1.0  # the running max moves once, from ~5 to 10, never explosively
+    t, _ = first_flag(default_predictor(BOUND), stream(q, lambda t: 0.1))
+    assert t is None
+
+
+def test_running_scale_order_matches_a_naive_power_law_fit() -> None:
+    """|Q| = c t^3: the order over the last doubling equals log(Q_t/Q_t/2)/log 2 = 3."""
+    scale = RunningScale()
+    for t in range(500, 8001, 500):
+        scale.observe(t, {M.Q_ABS_MAX: 2e-9 * t**3, M.Q_MEAN: -1e-9 * t**3})
+    naive = math.log((2e-9 * 8000**3) / (2e-9 * 4000**3)) / math.log(8000 / 4000)
+    assert scale.order() == pytest.approx(naive) == pytest.approx(3.0)
+    assert scale.order(since=1000) == pytest.approx(3.0)
+    assert scale.value == pytest.approx(2e-9 * 8000**3)
+
+
+def test_linear_climb_that_saturates_is_not_flagged() -> None:
+    """Healthy slow learning (tau 0.005): |Q| climbs linearly to 60% of the bound, then holds,
+    while SEEM sits a little above the threshold."""
+    q = lambda t: min(t / 250.0, 60.0)  # noqa: E731
+    t, _ = first_flag(default_predictor(BOUND), stream(q, lambda t: 0.08))
+    assert t is None
+
+
+def test_weight_norm_order_separates_linear_drift_from_settling() -> None:
+    """The Adam signature: a diverging critic's weight norm grows linearly in t (order -> 1),
+    a settling one's barely moves (order -> 0)."""
+    drift, settle = (
+        RunningScale(M.CRITIC_WEIGHT_NORM, None),
+        RunningScale(M.CRITIC_WEIGHT_NORM, None),
+    )
+    for t in range(500, 40_001, 500):
+        drift.observe(t, {M.CRITIC_WEIGHT_NORM: 20.0 + 0.05 * t})
+        settle.observe(t, {M.CRITIC_WEIGHT_NORM: 20.0 + 5.0 * (1 - math.exp(-t / 3000.0))})
+    w = lambda t: 20.0 + 0.05 * t  # noqa: E731
+    assert drift.order() == pytest.approx(math.log(w(40_000) / w(20_000)) / math.log(2))
+    assert drift.order() > 0.9 and settle.order() < 0.01  # type: ignore[operator]
