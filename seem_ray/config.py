@@ -361,22 +361,22 @@ class StopperConfig:
 
     kind: str = "seem"
     """seem (calibrated SEEM + growth predictor), q_bound (baseline) or none."""
-    seem_threshold: float = 0.05
-    """SEEM above this counts as a positive probe."""
-    patience: int = 3
-    """Consecutive positive probes needed (transient blips are common)."""
+    seem_threshold: float = 0.2
+    """SEEM above this counts as a positive probe (docs/calibration.md: chosen out of sample)."""
+    patience: int = 1
+    """Consecutive positive probes needed; the growth confirmation below is what filters blips."""
     grace_steps: int = 0
     """Never stop before this step."""
     q_bound_factor: float = 1.0
     """Q beyond factor * r_max/(1-gamma) counts as diverged."""
     growth_horizon: float = 4.0
     """Growth predictor: flag when Q is projected to cross the bound within horizon x elapsed steps."""
-    confirm_order: float = 1.5
+    confirm_order: float = 0.5
     """A SEEM streak counts only while max |Q| on the probe (a running maximum: sign-free) grows
     at least like t^confirm_order over the last doubling of steps..."""
     weight_order: float = 0.0
     """...or while the critic's weight norm grows at least like t^weight_order (0 = off)."""
-    growth_order: float = 2.0
+    growth_order: float = 1.5
     """Growth predictor alone: growth order of max |Q| needed (sustained over `patience` records)."""
     min_scale_fraction: float = 0.01
     """No SEEM/growth verdict before max |Q| on the probe reaches this fraction of the bound."""
