@@ -571,8 +571,8 @@ NOTES: list[str] = [
     "600-700 by SEEM and confirmed growth, tens of thousands of steps before the bound.",
     "- Against the previous (in-sample) default -- SEEM > 0.05 on 3 probes, confirmed by "
     "t^1.5 growth -- the new default keeps 0 false alarms and raises the lead over the slow "
-    "held-out divergers from 2.9x to 11.4x; its issue (issue 19) was the late flag of exactly "
-    "these runs.",
+    "held-out divergers from 2.9x to 11.4x: the late flag on such runs is what issue 19 "
+    "reported.",
     "- Ambiguous runs (still climbing at twice the budget) are where the rule is least sure: it "
     "flags two of the three calibration ones (TD3, gamma 0.99, tau 0.005: a Hopper RMSNorm "
     "critic with SEEM up to 0.44 and mean Q at 0.63 of the bound at 60k steps, and a PointMaze "

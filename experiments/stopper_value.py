@@ -53,19 +53,19 @@ FIGURE = "stopper_value.png"
 KINDS = ("seem", "q_bound")
 
 # Quoted from docs/benchmarks.md ("Stopper on a mixed sweep"): the same replay on a Ray Tune
-# sweep (tune_configs/mixed.yaml: random-policy Hopper, 1k/3k transitions, +-LN, 20k steps).
-# Not re-run here.
+# sweep (tune_configs/mixed.yaml). Not re-run here.
 TUNE_BENCHMARK = (
     "The Ray Tune measurement in docs/benchmarks.md (section 'Stopper on a mixed sweep', "
     "`benchmarks/bench_stopper.py` on `tune_configs/mixed.yaml`: plain offline TD3 on 1,000 / "
     "5,000 PointMaze transitions, critics with and without LN, gamma 0.99 / 0.995 / 0.999, "
-    "8,000 steps, 12 trials recorded by Ray Tune with no stopper, then replayed): the SEEM "
-    "stopper stopped all six no-LN trials at step 400 and no LN trial; five crossed the bound "
-    "within the budget (lead over the Q-bound stopper 3.25-9x, median 4.25x) and the sixth "
-    "crossed at 8,100 in a 16,000-step confirmation run, so 0 false kills; it used 52.5% of "
-    "the no-stopper steps (saved 47.5%, the most a half-diverging sweep allows when detection "
-    "is at step 400) against 31.6% saved by the Q-bound stopper."
+    "8,000 steps, seed 1, 12 trials recorded by Ray Tune with no stopper, then replayed with the "
+    "out-of-sample defaults of docs/calibration.md): the SEEM stopper stopped all six no-LN "
+    "trials at step 200-400 and no LN trial; all six crossed the bound within the budget (lead "
+    "over the Q-bound stopper 7.5-9.0x, median 8.6x), so 0 false kills; it saved 48.3% of the "
+    "no-stopper steps (96.7% of the 50% a half-diverging sweep allows) against 35.8% saved by "
+    "the Q-bound stopper."
 )
+
 
 log = logging.getLogger(__name__)
 
@@ -505,8 +505,8 @@ def reading(result: dict[str, Any]) -> list[str]:
         txt = ", ".join(f"{n} (final |Q|/bound {fmt(v, '.2f')})" for n, v in ratios.items())
         out.append(
             f"- False kills: {txt}. 'Healthy' means 'did not cross within this budget'; the "
-            "predictor was calibrated in-sample on 16 runs (docs/calibration.md), where two "
-            "no-LN runs were also still growing at the budget, so a kill of a run whose |Q| is "
+            "predictor was calibrated out of sample on 40 runs (docs/calibration.md), where some "
+            "runs were still climbing at twice their budget, so a kill of a run whose |Q| is "
             "still rising is an unconfirmed divergence rather than a proven mistake."
         )
     return out
