@@ -19,6 +19,7 @@ CORE = [
     "seem_ray.loop",
     "seem_ray.checkpoint",
     "seem_ray.runner",
+    "seem_ray.external",
 ]
 
 
