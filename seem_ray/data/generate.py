@@ -61,7 +61,7 @@ log = logging.getLogger(__name__)
 
 def _maze_of(env: gym.Env) -> Any:
     """The PointMaze env's maze (grid + cell/xy conversions)."""
-    return env.unwrapped.maze  # type: ignore[attr-defined]
+    return env.unwrapped.maze  # type: ignore[attr-defined]  # PointMazeEnv attr; gym.Env lacks it
 
 
 # ---------------------------------------------------------------------------------------------
