@@ -21,6 +21,9 @@ from typing import Any
 
 from seem_ray.study.commands import register
 from seem_ray.study.outcome import (
+    DIVERGED_REASONS,
+    ERROR,
+    INCOMPLETE,
     KILLED,
     OBJECTIVES,
     WORST,
@@ -38,7 +41,13 @@ from seem_ray.study.report import (
     write_report,
 )
 from seem_ray.study.run import StudyPlan, StudyRun, prepare_study, run_study
-from seem_ray.study.space import StudySpace, build_space, suggest_overrides
+from seem_ray.study.space import (
+    ARCH_FIELDS,
+    FEATURE_NORMS,
+    StudySpace,
+    build_space,
+    suggest_overrides,
+)
 from seem_ray.study.storage import (
     default_storage_url,
     fail_unfinished,
@@ -50,6 +59,11 @@ from seem_ray.study.storage import (
 )
 
 __all__ = [
+    "ARCH_FIELDS",
+    "DIVERGED_REASONS",
+    "ERROR",
+    "FEATURE_NORMS",
+    "INCOMPLETE",
     "KILLED",
     "OBJECTIVES",
     "WORST",

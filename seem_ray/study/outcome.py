@@ -25,7 +25,7 @@ __all__ = [
     "TrialOutcome",
     "TrialStats",
     "check_objectives",
-    "stop_reason",
+    "trial_stop_reason",
     "trial_outcome",
     "worst_value",
 ]
@@ -167,7 +167,7 @@ def check_objectives(sweep: SweepConfig) -> tuple[tuple[str, ...], tuple[str, ..
     return opt.objectives, opt.directions
 
 
-def stop_reason(stats: TrialStats, verdict: Any, error: bool, budget: int) -> str:
+def trial_stop_reason(stats: TrialStats, verdict: Any, error: bool, budget: int) -> str:
     """Why a trial ended: error, the predictor's reason, nan, budget or incomplete."""
     if error:
         return ERROR

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from seem_ray.config import StopperConfig
-from seem_ray.study.outcome import TrialStats, stop_reason, trial_outcome
+from seem_ray.study.outcome import TrialStats, trial_outcome, trial_stop_reason
 from seem_ray.study.space import StudySpace
 
 __all__ = ["searcher_class"]
@@ -91,7 +91,7 @@ def _make_searcher_class() -> type:
                 self._observe(trial_id, result)
             stats = self.stats.pop(trial_id, TrialStats())
             verdict = self.shadow.verdicts.get(trial_id)
-            reason = stop_reason(stats, verdict, error, self.budget_steps)
+            reason = trial_stop_reason(stats, verdict, error, self.budget_steps)
             since = verdict.since if verdict is not None and verdict.diverging else None
             outcome = trial_outcome(
                 stats, reason, self.objectives, self.directions, diverged_since=since
