@@ -18,7 +18,13 @@ from seem_ray.data.batches import DataError
 from seem_ray.data.commands import register
 from seem_ray.data.generate import MazePlanner, make_dataset
 from seem_ray.data.minari import dataset_summary, list_local_datasets, load_transitions
-from seem_ray.data.recipes import D4RL_EXPERT_RETURN, RECIPES, dataset_id_for
+from seem_ray.data.recipes import (
+    D4RL_EXPERT_RETURN,
+    RECIPES,
+    dataset_id_for,
+    find_recipe,
+    recipe_of_id,
+)
 from seem_ray.data.rollouts import make_env
 
 TINY_MAZE = {"episodes": 2, "episode_steps": 60, "ref_episodes": 2}
@@ -56,6 +62,16 @@ def test_recipe_registry() -> None:
     assert RECIPES["walker2d-medium-replay"].ref_max_score == D4RL_EXPERT_RETURN["walker2d"]
     assert RECIPES["pointmaze-umaze-dense"].env_id == "PointMaze_UMazeDense-v3"
     assert RECIPES["pointmaze-large-sparse"].env_id == "PointMaze_Large-v3"
+
+
+def test_recipe_found_by_short_name_or_dataset_id() -> None:
+    """One registry answers both the generator (name or id) and the loader (id -> recipe)."""
+    assert find_recipe("hopper-random") is find_recipe("seem_ray/hopper-random-v0")
+    assert recipe_of_id("seem_ray/hopper-random-v0") is RECIPES["hopper-random"]
+    assert recipe_of_id("other/hopper-random-v0") is None
+    assert recipe_of_id("seem_ray/no-such-recipe-v0") is None
+    with pytest.raises(DataError, match="known: pointmaze-umaze-dense"):
+        find_recipe("no-such-recipe")
 
 
 # --------------------------------------------------------------------------------------------
