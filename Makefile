@@ -16,8 +16,11 @@ system-deps:
 demo: bootstrap
 	@$(PY) -m seem_ray.cli sweep --quiet
 
-## The whole suite (unit + Ray integration + fault tests).
+## Lint, format check, type check, then the whole suite (unit + Ray integration + fault tests).
 test: bootstrap system-deps
+	@.venv/bin/ruff check .
+	@.venv/bin/ruff format --check .
+	@.venv/bin/mypy seem_ray
 	@$(PY) -m pytest -q -p no:cacheprovider
 
 ## Unit tests only (no Ray, seconds).
@@ -29,7 +32,7 @@ test-faults: bootstrap
 	@$(PY) -m pytest -q -m faults
 
 lint: bootstrap
-	@.venv/bin/ruff check . && .venv/bin/ruff format --check .
+	@.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy seem_ray
 
 ## Benchmarks print JSON (last stdout line); figures are ratios against a baseline of the same run.
 bench: bootstrap

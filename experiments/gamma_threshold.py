@@ -35,6 +35,7 @@ from experiments.common import (
     fmt,
     num,
 )
+from experiments.report import section, span, table
 from experiments.seem_vs_bound import (
     SEEM_THRESHOLD,
     curves,
@@ -363,13 +364,11 @@ def report_section(result: dict[str, Any], figures_rel: str) -> str:
     """Markdown section for docs/results.md."""
     s, cfg, est = result["settings"], result["config"], result["estimate"]
     data = cfg["data"]
-    lines = [
-        f"## {SECTION}. {TITLE}",
-        "",
-        "**Claim** (paper; seem.md section 6): a sharp critical discount exists below which a "
+    return section(
+        f"{SECTION}. {TITLE}",
+        "(paper; seem.md section 6): a sharp critical discount exists below which a "
         "no-LN critic converges (SEEM ~0) and above which it diverges (SEEM 0.10-0.36); on "
         f"walker2d-medium-expert it lies between {PAPER_THRESHOLD[0]} and {PAPER_THRESHOLD[1]}.",
-        "",
         f"**Settings**: dataset {data['dataset']}, {data['max_transitions']} transitions. "
         f"{describe_setting(cfg)}. gamma in {list(s['gammas'])} with critic.norm none and in "
         f"{list(s['ln_gammas'])} with critic.norm layer (Linear -> LayerNorm -> ReLU in every "
@@ -382,33 +381,39 @@ def report_section(result: dict[str, Any], figures_rel: str) -> str:
         "bracket (sharp to one grid step); partly if bracketed otherwise; not reproduced if a "
         "gamma without divergence lies above one with full divergence; inconclusive if the grid "
         "does not reach both regimes." + training_time_text(result),
-        "",
         f"![Critical discount]({figures_rel}/{FIGURE})",
-        "",
-        f"| critic | gamma | q_bound | diverged | crossed at | first SEEM > {s['threshold']:g} "
-        "| max SEEM | late SEEM (per seed) | final \\|Q\\|/bound (per seed) |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for row in [*result["by_gamma"], *result["by_gamma_ln"]]:
-        lines.append(
-            f"| {'LN' if row['norm'] != 'none' else 'no LN'} | {row['gamma']:g} | "
-            f"{fmt(row['q_bound'])} | {row['diverged']}/{row['seeds']} | "
-            f"{_steps(row['bound_step'])} | {_steps(row['first_seem_warn'])} | "
-            f"{fmt(row['max_seem'], '.3f')} | {_nums(row['late_seem'], '.3f')} | "
-            f"{_nums(row['final_q_over_bound'], '.3g')} |"
-        )
-    lines += [
-        "",
+        table(
+            [
+                "critic",
+                "gamma",
+                "q_bound",
+                "diverged",
+                "crossed at",
+                f"first SEEM > {s['threshold']:g}",
+                "max SEEM",
+                "late SEEM (per seed)",
+                "final \\|Q\\|/bound (per seed)",
+            ],
+            (
+                [
+                    "LN" if row["norm"] != "none" else "no LN",
+                    f"{row['gamma']:g}",
+                    fmt(row["q_bound"]),
+                    f"{row['diverged']}/{row['seeds']}",
+                    _steps(row["bound_step"]),
+                    _steps(row["first_seem_warn"]),
+                    fmt(row["max_seem"], ".3f"),
+                    _nums(row["late_seem"], ".3f"),
+                    _nums(row["final_q_over_bound"], ".3g"),
+                ]
+                for row in [*result["by_gamma"], *result["by_gamma_ln"]]
+            ),
+        ),
         f"Estimate (bound crossing): {_estimate_txt(est)}. Verdict: **{result['verdict']}**. "
         f"Same bracket with 'SEEM > {s['threshold']:g} at some probe' as the criterion: "
         f"{_estimate_txt(result['estimate_seem'], _warned(result))}.",
-        "",
-        "**Reading.**",
-        "",
-        *reading(result),
-        "",
-    ]
-    return "\n".join(lines)
+        reading=reading(result),
+    )
 
 
 def _steps(values: Sequence[Any]) -> str:
@@ -424,14 +429,6 @@ def _step_range(values: Sequence[float]) -> str:
         return "n/a"
     lo, hi = int(min(values)), int(max(values))
     return str(lo) if lo == hi else f"{lo}-{hi}"
-
-
-def _span(values: Sequence[float], spec: str = ".3f") -> str:
-    v = [x for x in values if math.isfinite(x)]
-    if not v:
-        return "n/a"
-    lo, hi = min(v), max(v)
-    return fmt(lo, spec) if lo == hi else f"{fmt(lo, spec)} to {fmt(hi, spec)}"
 
 
 def _nums(values: Sequence[Any], spec: str) -> str:
@@ -455,7 +452,7 @@ def reading(result: dict[str, Any]) -> list[str]:
         growing = [_g(r) for r in calm if any(num(x) > 2 for x in r["q_growth_late"])]
         txt = (
             f"- No seed crossed the bound at gamma {', '.join(_g(r) for r in calm)}: late SEEM "
-            f"{_span(late)}, max SEEM {fmt(peak, '.3f')}"
+            f"{span(late)}, max SEEM {fmt(peak, '.3f')}"
         )
         if peak == 0.0:
             txt += (
@@ -494,7 +491,7 @@ def reading(result: dict[str, Any]) -> list[str]:
         cross = [x for r in wild for x in r["bound_step"] if x is not None]
         out.append(
             f"- Every seed crossed at gamma {', '.join(_g(r) for r in wild)}: max SEEM "
-            f"{_span([num(r['max_seem']) for r in wild])}; SEEM first exceeded {thr:g} at steps "
+            f"{span([num(r['max_seem']) for r in wild])}; SEEM first exceeded {thr:g} at steps "
             f"{_step_range(first)} and Q crossed the bound at steps {_step_range(cross)}."
         )
     seem_est = result["estimate_seem"]

@@ -34,6 +34,7 @@ from experiments.common import (
     num,
     td_loss,
 )
+from experiments.report import mean_pm, section, table
 
 NAME = "growth_order"
 FIGURE = "growth_order.png"
@@ -286,7 +287,7 @@ def _m(row: dict[str, Any], key: str, stat: str = "mean") -> float:
 
 
 def _ms(row: dict[str, Any], key: str, digits: int = 2) -> str:
-    return f"{fmt(row[key]['mean'], f'.{digits}f')} ± {fmt(row[key]['std'], f'.{digits}f')}"
+    return mean_pm(row[key]["mean"], row[key]["std"], f".{digits}f")
 
 
 def _range(values: Sequence[float], spec: str = ".2f") -> str:
@@ -326,13 +327,11 @@ def summary_rows(result: dict[str, Any]) -> list[SummaryRow]:
 def report_section(result: dict[str, Any], figures_rel: str) -> str:
     """Markdown section for docs/results.md."""
     s = result["settings"]
-    lines = [
-        "## 2. Adam growth order",
-        "",
-        "**Claim** (seem.md section 5): once the critic diverges under Adam, each coordinate moves "
+    return section(
+        "2. Adam growth order",
+        "(seem.md section 5): once the critic diverges under Adam, each coordinate moves "
         "about lr per step, so ||theta|| grows linearly (slope ~ lr*sqrt(P)); a bias-free ReLU MLP "
         "with L Linear layers is L-homogeneous, so Q = Theta(||theta||^L) = Theta(t^L).",
-        "",
         "**Settings**: toy-maze (seem.md section 6): one random walk of "
         f"{s['maze_length']} states from U[0,1]^2, step 0.1 along one of 8 unit actions plus "
         "U[0,0.02]^2 drift, reward 0 (true Q = 0), "
@@ -346,43 +345,68 @@ def report_section(result: dict[str, Any], figures_rel: str) -> str:
         f"{1 - s['fit_from']:.0%}); a run counts as diverged when RMS |Q| >= {DIVERGED_Q:g} at "
         "the start of that window. |Q| is the RMS of Q over the N data pairs; t_c is where the "
         "fitted ||theta|| line crosses 0; 'step' is ||theta_t+1 - theta_t||.",
-        "",
         f"![Adam growth order]({figures_rel}/{FIGURE})",
-        "",
-        "| L | P | diverged | dlog\\|Q\\|/dlog\\|\\|theta\\|\\| | dlog\\|Q\\|/dlog(t-t_c) | "
-        "dlog\\|Q\\|/dlog t (raw) | min R^2, \\|\\|theta\\|\\| ~ t | "
-        "min R^2, \\|Q\\|^(1/L) ~ t | norm slope / (lr sqrt P) | mean step / (lr sqrt P) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for row in result["by_layers"]:
-        p = next(r["num_params"] for r in result["runs"] if r["layers"] == row["layers"])
-        lines.append(
-            f"| {row['layers']} | {p} | {row['diverged']}/{row['runs']} | "
-            f"{_ms(row, 'logq_lognorm_slope')} | {_ms(row, 'logq_logshift_slope')} | "
-            f"{_ms(row, 'logq_logt_slope')} | {fmt(row['norm_r2']['min'], '.4f')} | "
-            f"{fmt(row['q_root_r2']['min'], '.4f')} | {_ms(row, 'slope_over_lr_sqrt_p')} | "
-            f"{_ms(row, 'move_over_lr_sqrt_p')} |"
-        )
-    lines += [
-        "",
+        table(
+            [
+                "L",
+                "P",
+                "diverged",
+                "dlog\\|Q\\|/dlog\\|\\|theta\\|\\|",
+                "dlog\\|Q\\|/dlog(t-t_c)",
+                "dlog\\|Q\\|/dlog t (raw)",
+                "min R^2, \\|\\|theta\\|\\| ~ t",
+                "min R^2, \\|Q\\|^(1/L) ~ t",
+                "norm slope / (lr sqrt P)",
+                "mean step / (lr sqrt P)",
+            ],
+            (
+                [
+                    row["layers"],
+                    next(r["num_params"] for r in result["runs"] if r["layers"] == row["layers"]),
+                    f"{row['diverged']}/{row['runs']}",
+                    _ms(row, "logq_lognorm_slope"),
+                    _ms(row, "logq_logshift_slope"),
+                    _ms(row, "logq_logt_slope"),
+                    fmt(row["norm_r2"]["min"], ".4f"),
+                    fmt(row["q_root_r2"]["min"], ".4f"),
+                    _ms(row, "slope_over_lr_sqrt_p"),
+                    _ms(row, "move_over_lr_sqrt_p"),
+                ]
+                for row in result["by_layers"]
+            ),
+        ),
         "Per run (the table above is mean ± std over learning rates and seeds):",
-        "",
-        "| L | lr | seed | RMS\\|Q\\| window start / end | \\|\\|theta\\|\\| step 0 / end | "
-        "dlog\\|Q\\|/dlog\\|\\|theta\\|\\| | dlog\\|Q\\|/dlog(t-t_c) | raw dlog\\|Q\\|/dlog t | "
-        "t_c | norm slope/(lr sqrt P) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in result["runs"]:
-        lines.append(
-            f"| {r['layers']} | {r['lr']:g} | {r['seed']} | {fmt(r['q_start'])} / "
-            f"{fmt(r['q_end'])} | {fmt(r['norm_start'])} / {fmt(r['norm_end'])} | "
-            f"{fmt(r.get('logq_lognorm_slope'), '.3f')} | "
-            f"{fmt(r.get('logq_logshift_slope'), '.3f')} | "
-            f"{fmt(r.get('logq_logt_slope'), '.3f')} | {fmt(r.get('t_c'), '.0f')} | "
-            f"{fmt(r.get('slope_over_lr_sqrt_p'), '.2f')} |"
-        )
-    lines += ["", "**Reading.**", "", *reading(result), ""]
-    return "\n".join(lines)
+        table(
+            [
+                "L",
+                "lr",
+                "seed",
+                "RMS\\|Q\\| window start / end",
+                "\\|\\|theta\\|\\| step 0 / end",
+                "dlog\\|Q\\|/dlog\\|\\|theta\\|\\|",
+                "dlog\\|Q\\|/dlog(t-t_c)",
+                "raw dlog\\|Q\\|/dlog t",
+                "t_c",
+                "norm slope/(lr sqrt P)",
+            ],
+            (
+                [
+                    r["layers"],
+                    f"{r['lr']:g}",
+                    r["seed"],
+                    f"{fmt(r['q_start'])} / {fmt(r['q_end'])}",
+                    f"{fmt(r['norm_start'])} / {fmt(r['norm_end'])}",
+                    fmt(r.get("logq_lognorm_slope"), ".3f"),
+                    fmt(r.get("logq_logshift_slope"), ".3f"),
+                    fmt(r.get("logq_logt_slope"), ".3f"),
+                    fmt(r.get("t_c"), ".0f"),
+                    fmt(r.get("slope_over_lr_sqrt_p"), ".2f"),
+                ]
+                for r in result["runs"]
+            ),
+        ),
+        reading=reading(result),
+    )
 
 
 def reading(result: dict[str, Any]) -> list[str]:

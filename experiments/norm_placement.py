@@ -37,6 +37,7 @@ from experiments.common import (
     fmt,
     num,
 )
+from experiments.report import mean_pm, section, table
 from experiments.service import RunRecord, crossed_at, demo_base, diverged, run_grid, series
 from seem_ray import metrics as M
 from seem_ray.config import RunConfig, to_dict
@@ -404,58 +405,79 @@ def settings_text(result: dict[str, Any]) -> str:
 
 def report_section(result: dict[str, Any], figures_rel: str) -> str:
     """Markdown section for docs/results.md."""
-    lines = [
-        "## 5. Normalization placement",
-        "",
-        "**Claim** (seem.md section 5): LayerNorm in the critic (Linear -> LN -> ReLU in every "
+    return section(
+        "5. Normalization placement",
+        "(seem.md section 5): LayerNorm in the critic (Linear -> LN -> ReLU in every "
         "hidden layer) keeps SEEM ~0 and prevents divergence; the paper ablates LN on subsets of "
         "hidden layers (placement matters; its numbers are not available to us); other "
         "normalizations are expected to differ.",
-        "",
         settings_text(result),
-        "",
         f"![Normalization placement]({figures_rel}/{FIGURE})",
-        "",
-        "| critic | diverged | max SEEM (max / mean over seeds) | mean final SEEM | "
-        "peak \\|Q\\|/bound (max over seeds) | final \\|Q\\|/bound (mean / max) | "
-        "final normalized score | note |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for r in result["by_variant"]:
-        note = "; ".join(r["errors"]) if r["errors"] else ""
-        if not r["runs"]:
-            lines.append(f"| {r['label']} | failed | n/a | n/a | n/a | n/a | n/a | {note} |")
-            continue
-        lines.append(
-            f"| {r['label']} | {_rate_txt(r)} | {fmt(r['max_seem'], '.3f')} / "
-            f"{fmt(r['mean_max_seem'], '.3f')} | {fmt(r['mean_final_seem'], '.3f')} | "
-            f"{fmt(r['max_peak_q_ratio'], '.2f')} | "
-            f"{fmt(r['mean_final_q_ratio'], '.3g')} / {fmt(r['max_final_q_ratio'], '.3g')} | "
-            f"{fmt(r['mean_score'], '.1f')} ± {fmt(r['std_score'], '.1f')} | {note} |"
-        )
-    lines += [
-        "",
+        table(
+            [
+                "critic",
+                "diverged",
+                "max SEEM (max / mean over seeds)",
+                "mean final SEEM",
+                "peak \\|Q\\|/bound (max over seeds)",
+                "final \\|Q\\|/bound (mean / max)",
+                "final normalized score",
+                "note",
+            ],
+            (_variant_cells(r) for r in result["by_variant"]),
+        ),
         "Per run:",
-        "",
-        "| critic | seed | crossed bound at step | max SEEM | final SEEM | peak \\|Q\\|/bound "
-        "(step) | final \\|Q\\|/bound | final score | wall s (SEEM share) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        table(
+            [
+                "critic",
+                "seed",
+                "crossed bound at step",
+                "max SEEM",
+                "final SEEM",
+                "peak \\|Q\\|/bound (step)",
+                "final \\|Q\\|/bound",
+                "final score",
+                "wall s (SEEM share)",
+            ],
+            (_run_cells(r) for r in result["runs"]),
+        ),
+        reading=reading(result),
+    )
+
+
+def _variant_cells(r: dict[str, Any]) -> list[str]:
+    """One critic's row of the main table (a critic whose runs all failed says so)."""
+    note = "; ".join(r["errors"]) if r["errors"] else ""
+    if not r["runs"]:
+        return [r["label"], "failed", "n/a", "n/a", "n/a", "n/a", "n/a", note]
+    return [
+        r["label"],
+        _rate_txt(r),
+        f"{fmt(r['max_seem'], '.3f')} / {fmt(r['mean_max_seem'], '.3f')}",
+        fmt(r["mean_final_seem"], ".3f"),
+        fmt(r["max_peak_q_ratio"], ".2f"),
+        f"{fmt(r['mean_final_q_ratio'], '.3g')} / {fmt(r['max_final_q_ratio'], '.3g')}",
+        mean_pm(r["mean_score"], r["std_score"]),
+        note,
     ]
-    for r in result["runs"]:
-        label = VARIANTS.get(r["variant"], (r["variant"],))[0]
-        if "error" in r:
-            lines.append(f"| {label} | {r['seed']} | failed: {r['error']} | | | | | | |")
-            continue
-        crossed = str(r["crossed_at"]) if r["crossed_at"] is not None else "-"
-        lines.append(
-            f"| {label} | {r['seed']} | {crossed} | {fmt(r['max_seem'], '.3f')} | "
-            f"{fmt(r['final_seem'], '.3f')} | {fmt(r['max_q_ratio'], '.2f')} "
-            f"({r.get('peak_step')}) | {fmt(r['final_q_ratio'], '.3g')} | "
-            f"{fmt(r['final_score'], '.1f')} | {fmt(r['wall_seconds'], '.0f')} "
-            f"({fmt(100 * num(r['seem_share']), '.0f')}%) |"
-        )
-    lines += ["", "**Reading.**", "", *reading(result), ""]
-    return "\n".join(lines)
+
+
+def _run_cells(r: dict[str, Any]) -> list[Any]:
+    """One run's row of the per-run table (a failed run shows its error, other cells empty)."""
+    label = VARIANTS.get(r["variant"], (r["variant"],))[0]
+    if "error" in r:
+        return [label, r["seed"], f"failed: {r['error']}", *[""] * 6]
+    return [
+        label,
+        r["seed"],
+        str(r["crossed_at"]) if r["crossed_at"] is not None else "-",
+        fmt(r["max_seem"], ".3f"),
+        fmt(r["final_seem"], ".3f"),
+        f"{fmt(r['max_q_ratio'], '.2f')} ({r.get('peak_step')})",
+        fmt(r["final_q_ratio"], ".3g"),
+        fmt(r["final_score"], ".1f"),
+        f"{fmt(r['wall_seconds'], '.0f')} ({fmt(100 * num(r['seem_share']), '.0f')}%)",
+    ]
 
 
 def _peak_then_fall(result: dict[str, Any], variant: str) -> tuple[float, float, bool]:

@@ -34,6 +34,7 @@ from experiments.common import (
     fmt,
     num,
 )
+from experiments.report import section, span, table
 from experiments.service import RunRecord, crossed_at, demo_base, first_step, run_grid, series
 from seem_ray import metrics as M
 from seem_ray.config import RunConfig
@@ -412,13 +413,11 @@ def report_section(result: dict[str, Any], figures_rel: str) -> str:
     gamma = cfg["algo"]["gamma"]
     bounds = {r["dataset"]: r["q_bound"] for r in result["runs"]}
     bound_txt = ", ".join(f"{k} {fmt(v)}" for k, v in bounds.items())
-    lines = [
-        f"## {SECTION}. {TITLE}",
-        "",
-        "**Claim** (paper; seem.md sections 2 and 6): SEEM turns positive and stays well above 0 "
+    return section(
+        f"{SECTION}. {TITLE}",
+        "(paper; seem.md sections 2 and 6): SEEM turns positive and stays well above 0 "
         "long before Q crosses the return bound in a critic that will diverge, stays ~0 in a "
         "converging critic, and a LayerNorm critic keeps SEEM ~0 and Q bounded.",
-        "",
         f"**Settings**: datasets {data_txt}. {describe_setting(cfg)}. gamma {gamma:g}; "
         f"critic.norm in {list(s['norms'])} (LN = Linear -> LayerNorm -> ReLU in every hidden "
         f"layer); seeds {list(s['seeds'])}; {s['steps']} steps; evaluation {_eval_txt(s)}. "
@@ -431,45 +430,50 @@ def report_section(result: dict[str, Any], figures_rel: str) -> str:
         f"Verdict rule (quiet): reproduced if every LN run that stayed bounded has late SEEM <= "
         f"{thr:g}; partly if some do (no-LN runs that did not cross are left out: they may be "
         "slow divergers)." + training_time_text(result),
-        "",
         f"![SEEM vs the Q bound]({figures_rel}/{FIGURE})",
-        "",
-        f"| dataset | norm | seed | first SEEM > 0 | first SEEM > {thr:g} | crossed bound at | "
-        "lead | max SEEM | late SEEM | final mean Q | final \\|Q\\|/bound | final "
-        "\\|\\|theta\\|\\| | final score |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in result["runs"]:
-        lines.append(
-            f"| {r['dataset']} | {r['norm']} | {r['seed']} | {_step(r['first_seem_pos'])} | "
-            f"{_step(r['first_seem_warn'])} | {_step(r['bound_step'])} | {_lead(r['lead'])} | "
-            f"{fmt(r['max_seem'], '.3f')} | {fmt(r['late_seem_median'], '.3f')} | "
-            f"{fmt(r['final_q'])} | {fmt(r['final_q_over_bound'])} | "
-            f"{fmt(r['final_weight_norm'])} | {fmt(r['final_score'], '.1f')} |"
-        )
-    lines += [
-        "",
+        table(
+            [
+                "dataset",
+                "norm",
+                "seed",
+                "first SEEM > 0",
+                f"first SEEM > {thr:g}",
+                "crossed bound at",
+                "lead",
+                "max SEEM",
+                "late SEEM",
+                "final mean Q",
+                "final \\|Q\\|/bound",
+                "final \\|\\|theta\\|\\|",
+                "final score",
+            ],
+            (
+                [
+                    r["dataset"],
+                    r["norm"],
+                    r["seed"],
+                    _step(r["first_seem_pos"]),
+                    _step(r["first_seem_warn"]),
+                    _step(r["bound_step"]),
+                    _lead(r["lead"]),
+                    fmt(r["max_seem"], ".3f"),
+                    fmt(r["late_seem_median"], ".3f"),
+                    fmt(r["final_q"]),
+                    fmt(r["final_q_over_bound"]),
+                    fmt(r["final_weight_norm"]),
+                    fmt(r["final_score"], ".1f"),
+                ]
+                for r in result["runs"]
+            ),
+        ),
         f"Verdicts: early warning **{result['verdict_warning']}**, quiet when bounded "
         f"**{result['verdict_quiet']}**.",
-        "",
-        "**Reading.**",
-        "",
-        *reading(result),
-        "",
-    ]
-    return "\n".join(lines)
+        reading=reading(result),
+    )
 
 
 def _group(runs: Sequence[dict[str, Any]], dataset: str, norm: str) -> list[dict[str, Any]]:
     return [r for r in runs if r["dataset"] == dataset and r["norm"] == norm]
-
-
-def _span(values: Sequence[float], spec: str = ".3f") -> str:
-    v = [x for x in values if math.isfinite(x)]
-    if not v:
-        return "n/a"
-    lo, hi = min(v), max(v)
-    return fmt(lo, spec) if lo == hi else f"{fmt(lo, spec)} to {fmt(hi, spec)}"
 
 
 def reading(result: dict[str, Any]) -> list[str]:
@@ -489,10 +493,10 @@ def reading(result: dict[str, Any]) -> list[str]:
                 * bool(crossed)
                 + f", first SEEM > {thr:g} at step(s) "
                 + ", ".join(_step(r["first_seem_warn"]) for r in grp)
-                + f", max SEEM {_span([num(r['max_seem']) for r in grp])}, late SEEM "
-                + _span([num(r["late_seem_median"]) for r in grp])
-                + f", final |Q|/bound {_span([num(r['final_q_over_bound']) for r in grp], '.3g')}"
-                + f", final score {_span([num(r['final_score']) for r in grp], '.1f')}"
+                + f", max SEEM {span([num(r['max_seem']) for r in grp])}, late SEEM "
+                + span([num(r["late_seem_median"]) for r in grp])
+                + f", final |Q|/bound {span([num(r['final_q_over_bound']) for r in grp], '.3g')}"
+                + f", final score {span([num(r['final_score']) for r in grp], '.1f')}"
             )
             still = [
                 r
@@ -502,7 +506,7 @@ def reading(result: dict[str, Any]) -> list[str]:
             if still:
                 txt += (
                     f"; {len(still)} of them still growing (|Q| x"
-                    f"{_span([num(r['q_growth_late']) for r in still], '.1f')} over the second "
+                    f"{span([num(r['q_growth_late']) for r in still], '.1f')} over the second "
                     "half), so 'bounded' there means 'not yet crossed within the budget'"
                 )
             parts.append(txt)
@@ -539,7 +543,7 @@ def reading(result: dict[str, Any]) -> list[str]:
     n_at_first = sum(1 for p in pos_first if p is not None and p == first_probe)
     n_ln = sum(1 for r in runs if r["norm"] != "none")
     n_ln_pos = sum(1 for r in runs if r["norm"] != "none" and r["first_seem_pos"] is not None)
-    ln_max = _span([num(r["max_seem"]) for r in runs if r["norm"] != "none"])
+    ln_max = span([num(r["max_seem"]) for r in runs if r["norm"] != "none"])
     out.append(
         f"- SEEM > 0: {n_at_first}/{len(runs)} runs were positive at the first probe (step "
         f"{_step(first_probe)}) and {n_ln_pos}/{n_ln} LN runs were positive at some probe (LN "
@@ -554,7 +558,7 @@ def reading(result: dict[str, Any]) -> list[str]:
         out.append(
             "- Final normalized score (each an average of only "
             f"{result['settings']['eval_episodes']} episodes, so noisy): "
-            + "; ".join(f"norm={k}: {_span(v, '.1f')}" for k, v in scores.items())
+            + "; ".join(f"norm={k}: {span(v, '.1f')}" for k, v in scores.items())
             + "."
         )
     sizes = ", ".join(

@@ -41,6 +41,7 @@ from experiments.common import (
     num,
     td_loss,
 )
+from experiments.report import section, table
 from seem_ray.seem import compute_seem
 
 NAME = "sgd_crash"
@@ -387,14 +388,12 @@ def report_section(result: dict[str, Any], figures_rel: str) -> str:
     """Markdown section for docs/results.md."""
     s = result["settings"]
     lo, hi = s["tail_window"]
-    lines = [
-        "## 3. SGD crash step",
-        "",
-        "**Claim** (seem.md section 5, derived there): for an L-homogeneous critic diverging "
+    return section(
+        "3. SGD crash step",
+        "(seem.md section 5, derived there): for an L-homogeneous critic diverging "
         "under gradient descent, Q^-(2L-2)/L falls linearly in t and reaches 0 at "
         "t* = t0 + L / ((2L-2) eta_eff lam_max(A_t0)); the numpy check in seem.md predicted "
         "5806 vs actual 5813 (L=2).",
-        "",
         f"**Settings**: the toy-maze of section 2 ({s['maze_length']}-state walk, N = "
         f"{s['maze_length'] - 1}, reward 0, walk seed = run seed); bias-free ReLU MLP, "
         f"L in {list(s['layers'])}, width {s['width']}, default init, float64; full-batch SGD "
@@ -412,51 +411,68 @@ def report_section(result: dict[str, Any], figures_rel: str) -> str:
         "t0, extrapolated to its zero crossing; both use only data up to t0. Relative error = "
         "(predicted - actual) / (actual - t0). Linearity check: R^2 of that line on all steps "
         f"with RMS|Q| in [{lo:g}, {hi:g}].",
-        "",
         f"![SGD crash]({figures_rel}/{FIGURE})",
-        "",
         f"Main table (t0 at RMS |Q| >= {s['primary']:g}):",
-        "",
-        "| L | lr | seed | t0 | SEEM(t0) | raw lam_max(A_t0) | predicted (eig) | "
-        "predicted (short fit) | predicted (long fit) | actual | rel. err (eig) | "
-        "rel. err (short / long fit) | R^2 near blow-up |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in result["runs"]:
-        crash = r["crash"] if r["crash"] is not None else "none"
-        p = next((p for p in r["predictions"] if p["threshold"] == s["primary"]), None)
-        if p is None:
-            lines.append(
-                f"| {r['layers']} | {r['lr']:g} | {r['seed']} | - | - | - | - | - | - | {crash} "
-                f"| - | - | {fmt(r['tail_r2'], '.4f')} |"
-            )
-            continue
-        lines.append(
-            f"| {r['layers']} | {r['lr']:g} | {r['seed']} | {p['t0']} | {fmt(p['seem'], '.3f')} | "
-            f"{fmt(p['max_eig'], '.4g')} | {fmt(p['pred_eig'], '.1f')} | "
-            f"{fmt(p['pred_local'], '.1f')} | {fmt(p['pred_fit'], '.1f')} | {crash} | "
-            f"{fmt(p.get('rel_err_eig'), '+.1%')} | {fmt(p.get('rel_err_local'), '+.1%')} / "
-            f"{fmt(p.get('rel_err_fit'), '+.1%')} | {fmt(r['tail_r2'], '.4f')} |"
-        )
-    lines += [
-        "",
+        table(
+            [
+                "L",
+                "lr",
+                "seed",
+                "t0",
+                "SEEM(t0)",
+                "raw lam_max(A_t0)",
+                "predicted (eig)",
+                "predicted (short fit)",
+                "predicted (long fit)",
+                "actual",
+                "rel. err (eig)",
+                "rel. err (short / long fit)",
+                "R^2 near blow-up",
+            ],
+            (_prediction_cells(r, s["primary"]) for r in result["runs"]),
+        ),
         "Sensitivity to t0 (all runs that blew up; |relative error|, median / max / count "
         "within 10%):",
-        "",
-        "| L | t0 threshold | runs | eigenvalue | short fit | long fit |",
-        "|---|---|---|---|---|---|",
+        table(
+            ["L", "t0 threshold", "runs", "eigenvalue", "short fit", "long fit"],
+            (
+                [
+                    row["layers"],
+                    f"{row['threshold']:g}",
+                    row["n"],
+                    *(
+                        f"{fmt(row[f'median_abs_{k}'], '.1%')} / "
+                        f"{fmt(row[f'max_abs_{k}'], '.1%')} / {row[f'within10_{k}']}"
+                        for k in ("eig", "local", "fit")
+                    ),
+                ]
+                for row in result["by_threshold"]
+            ),
+        ),
+        reading=reading(result),
+    )
+
+
+def _prediction_cells(r: dict[str, Any], primary: float) -> list[Any]:
+    """One run's row of the main table: its predictions at t0 = `primary` (dashes if never)."""
+    crash = r["crash"] if r["crash"] is not None else "none"
+    head = [r["layers"], f"{r['lr']:g}", r["seed"]]
+    p = next((p for p in r["predictions"] if p["threshold"] == primary), None)
+    if p is None:
+        return [*head, *["-"] * 6, crash, "-", "-", fmt(r["tail_r2"], ".4f")]
+    return [
+        *head,
+        p["t0"],
+        fmt(p["seem"], ".3f"),
+        fmt(p["max_eig"], ".4g"),
+        fmt(p["pred_eig"], ".1f"),
+        fmt(p["pred_local"], ".1f"),
+        fmt(p["pred_fit"], ".1f"),
+        crash,
+        fmt(p.get("rel_err_eig"), "+.1%"),
+        f"{fmt(p.get('rel_err_local'), '+.1%')} / {fmt(p.get('rel_err_fit'), '+.1%')}",
+        fmt(r["tail_r2"], ".4f"),
     ]
-    for row in result["by_threshold"]:
-        cells = [
-            f"{fmt(row[f'median_abs_{k}'], '.1%')} / {fmt(row[f'max_abs_{k}'], '.1%')} / "
-            f"{row[f'within10_{k}']}"
-            for k in ("eig", "local", "fit")
-        ]
-        lines.append(
-            f"| {row['layers']} | {row['threshold']:g} | {row['n']} | " + " | ".join(cells) + " |"
-        )
-    lines += ["", "**Reading.**", "", *reading(result), ""]
-    return "\n".join(lines)
 
 
 def reading(result: dict[str, Any]) -> list[str]:

@@ -40,6 +40,7 @@ from experiments.common import (
     fmt,
     num,
 )
+from experiments.report import mean_pm, section, table
 from experiments.service import (
     RunRecord,
     crossed_at,
@@ -427,10 +428,6 @@ def make_figure(result: dict[str, Any], path: Path) -> Path:
 # ----------------------------------------------------------------------------- report
 
 
-def _ms(mean: Any, std: Any, spec: str = ".1f") -> str:
-    return f"{fmt(mean, spec)} ± {fmt(std, spec)}"
-
-
 def _size_rows(result: dict[str, Any]) -> list[tuple[str, str, int, bool]]:
     """(key, label, n_transitions, small) per size, largest first."""
     seen: dict[str, tuple[str, str, int, bool]] = {}
@@ -508,15 +505,13 @@ def report_section(result: dict[str, Any], figures_rel: str) -> str:
     sizes = _size_rows(result)
     algos = _algos(result)
     size_txt = ", ".join(f"{label} = {n}" for _, label, n, _ in sizes)
-    lines = [
-        f"## {SECTION}. {TITLE}",
-        "",
-        "**Claim** (the paper's X% experiment, Fig. 9; seem.md): with LayerNorm in the critic, "
+    return section(
+        f"{SECTION}. {TITLE}",
+        "(the paper's X% experiment, Fig. 9; seem.md): with LayerNorm in the critic, "
         "offline RL keeps working on small subsets of a dataset (10%, 1%) where critics without "
         "it degrade or diverge; on the full dataset LN is about neutral (paper, score(LN) - "
         "score(none) at 100/50/10/1%: TD3+BC ~ 23/20/139/159, IQL ~ -3/5/126/62, summed over "
         "several tasks, 10 seeds, 1M steps).",
-        "",
         f"**Settings**: dataset {s['dataset']} ({result['dataset_transitions']} transitions); "
         f"subsets by data.fraction then data.max_transitions, drawn at random with "
         f"data.subsample_seed {cfg0['data']['subsample_seed']} (so both seeds train on the same "
@@ -524,9 +519,7 @@ def report_section(result: dict[str, Any], figures_rel: str) -> str:
         "their defaults (the whole `algo` section of experiments.service.DEMO_BASE replaced by "
         "a fresh `AlgoConfig(name=...)`, undoing its divergence setting bc_weight 0, tau 1, "
         "critic lr 3e-5):",
-        "",
-        *[f"- {_algo_text(result['configs'][a])}" for a in algos],
-        "",
+        [f"- {_algo_text(result['configs'][a])}" for a in algos],
         f"Critic MLP {cfg0['critic']['hidden']} ReLU, critic.norm none vs layer (Linear -> LN "
         f"-> ReLU in every hidden layer); actor {cfg0['actor']['hidden']}. {s['steps']} "
         f"gradient steps, seeds {list(s['seeds'])}, one torch thread, CPU. Evaluation only at "
@@ -539,50 +532,38 @@ def report_section(result: dict[str, Any], figures_rel: str) -> str:
         "crossed it. Stopper off. Cost: "
         f"{len(result['runs'])} runs, {fmt(result['train_seconds'], '.0f')} s of run wall time "
         f"in total, {s['jobs']} at a time on a shared 2-core machine.",
-        "",
         f"![Small datasets]({figures_rel}/{FIGURE})",
-        "",
         "Normalized score, mean ± std over seeds (diverged runs in brackets when any):",
-        "",
-        "| size | transitions | "
-        + " | ".join(f"{ALGO_NAMES.get(a, a)} none | {ALGO_NAMES.get(a, a)} LN" for a in algos)
-        + " |",
-        "|---|---|" + "---|" * (2 * len(algos)),
-    ]
-    for key, label, n, _ in sizes:
-        row = [label, str(n)]
-        for a in algos:
-            for norm in NORMS:
-                c = _cell(result["cells"], a, key, norm)
-                txt = _ms(c["score_mean"], c["score_std"])
-                if c["diverged"]:
-                    txt += f" ({c['diverged']}/{c['runs']} div.)"
-                row.append(txt)
-        lines.append("| " + " | ".join(row) + " |")
-    lines += [
-        "",
+        table(
+            [
+                "size",
+                "transitions",
+                *(f"{ALGO_NAMES.get(a, a)} {n}" for a in algos for n in ("none", "LN")),
+            ],
+            (
+                [label, n, *(_score_txt(result, a, key, norm) for a in algos for norm in NORMS)]
+                for key, label, n, _ in sizes
+            ),
+        ),
         "Per cell: LN minus none, the noise scale of the rule (pooled std, floor "
         f"{MIN_NOISE:g}), diverged runs, final SEEM and final |Q|/bound (mean ± std over seeds):",
-        "",
-        "| algo | size | LN - none | noise | LN better | LN not worse | none degraded | "
-        "diverged none / LN | SEEM none | SEEM LN | \\|Q\\|/bound none | \\|Q\\|/bound LN |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for c in result["comparisons"]:
-        none = _cell(result["cells"], c["algo"], c["size"], "none")
-        ln = _cell(result["cells"], c["algo"], c["size"], "layer")
-        lines.append(
-            f"| {ALGO_NAMES.get(c['algo'], c['algo'])} | {_label(result, c['size'])} | "
-            f"{c['gap']:+.1f} | {c['noise']:.1f} | {_yn(c['ln_better'])} | "
-            f"{_yn(c['ln_not_worse'])} | {_yn(c['none_degraded'])} | "
-            f"{none['diverged']}/{none['runs']} vs {ln['diverged']}/{ln['runs']} | "
-            f"{_ms(none['seem_final_mean'], none['seem_final_std'], '.3f')} | "
-            f"{_ms(ln['seem_final_mean'], ln['seem_final_std'], '.3f')} | "
-            f"{_ms(none['q_ratio_final_mean'], none['q_ratio_final_std'], '.3f')} | "
-            f"{_ms(ln['q_ratio_final_mean'], ln['q_ratio_final_std'], '.3f')} |"
-        )
-    lines += [
-        "",
+        table(
+            [
+                "algo",
+                "size",
+                "LN - none",
+                "noise",
+                "LN better",
+                "LN not worse",
+                "none degraded",
+                "diverged none / LN",
+                "SEEM none",
+                "SEEM LN",
+                "\\|Q\\|/bound none",
+                "\\|Q\\|/bound LN",
+            ],
+            (_comparison_cells(result, c) for c in result["comparisons"]),
+        ),
         f"**Verdict rule**: per (algorithm, size), LN counts as clearly better when its mean "
         f"score exceeds no-norm's by more than the noise scale (pooled std of the two cells, "
         f"at least {MIN_NOISE:g} points) or it has fewer diverged runs, and as not worse when "
@@ -592,13 +573,35 @@ def report_section(result: dict[str, Any], figures_rel: str) -> str:
         "worse nowhere, and the no-norm critic did not degrade at small sizes (no divergence, "
         "score within noise of its full-data score), so there was nothing for LN to rescue. "
         f"Not reproduced: otherwise. **Verdict: {result['verdict']}.**",
-        "",
-        "**Reading.**",
-        "",
-        *reading(result),
-        "",
+        reading=reading(result),
+    )
+
+
+def _score_txt(result: dict[str, Any], algo: str, size: str, norm: str) -> str:
+    """Mean ± std score of one cell, with its diverged runs when there are any."""
+    c = _cell(result["cells"], algo, size, norm)
+    txt = mean_pm(c["score_mean"], c["score_std"])
+    return txt + f" ({c['diverged']}/{c['runs']} div.)" if c["diverged"] else txt
+
+
+def _comparison_cells(result: dict[str, Any], c: Mapping[str, Any]) -> list[str]:
+    """One (algorithm, size) row of the per-cell table: LN against no norm."""
+    none = _cell(result["cells"], c["algo"], c["size"], "none")
+    ln = _cell(result["cells"], c["algo"], c["size"], "layer")
+    return [
+        ALGO_NAMES.get(c["algo"], c["algo"]),
+        _label(result, c["size"]),
+        f"{c['gap']:+.1f}",
+        f"{c['noise']:.1f}",
+        _yn(c["ln_better"]),
+        _yn(c["ln_not_worse"]),
+        _yn(c["none_degraded"]),
+        f"{none['diverged']}/{none['runs']} vs {ln['diverged']}/{ln['runs']}",
+        mean_pm(none["seem_final_mean"], none["seem_final_std"], ".3f"),
+        mean_pm(ln["seem_final_mean"], ln["seem_final_std"], ".3f"),
+        mean_pm(none["q_ratio_final_mean"], none["q_ratio_final_std"], ".3f"),
+        mean_pm(ln["q_ratio_final_mean"], ln["q_ratio_final_std"], ".3f"),
     ]
-    return "\n".join(lines)
 
 
 def _yn(flag: Any) -> str:
@@ -618,7 +621,7 @@ def reading(result: dict[str, Any]) -> list[str]:
         degraded = [c for c in small if c["none_degraded"]]
         better = [c for c in small if c["ln_better"]]
         small_txt = ", ".join(
-            f"{_label(result, c['size'])}: {_ms(x['score_mean'], x['score_std'])}"
+            f"{_label(result, c['size'])}: {mean_pm(x['score_mean'], x['score_std'])}"
             for c, x in zip(small, none_small, strict=True)
         )
         gaps = ", ".join(f"{_label(result, c['size'])} {c['gap']:+.1f}" for c in mine)
@@ -627,7 +630,7 @@ def reading(result: dict[str, Any]) -> list[str]:
             f"- {name}: LN - none = {gaps} points. On full data LN is "
             f"{_versus(full['gap'], full['noise'])} ({full['gap']:+.1f} against a noise scale "
             f"of {full['noise']:.1f}). Without LN the critic scores "
-            f"{_ms(none_full['score_mean'], none_full['score_std'])} on full data and "
+            f"{mean_pm(none_full['score_mean'], none_full['score_std'])} on full data and "
             f"{small_txt} on the small subsets; it degraded at "
             f"{len(degraded)}/{len(small)} small sizes and LN was clearly better at "
             f"{len(better)}/{len(small)}."

@@ -36,6 +36,7 @@ from experiments.common import (
     fmt,
     num,
 )
+from experiments.report import section, table
 from experiments.service import (
     RunRecord,
     crossed_at,
@@ -380,54 +381,74 @@ def settings_text(result: dict[str, Any]) -> str:
 
 def report_section(result: dict[str, Any], figures_rel: str) -> str:
     """Markdown section for docs/results.md."""
-    kinds = result["kinds"]
-    lines = [
-        "## 7. The stopper's value",
-        "",
-        "**Claim** (project design, seem.md section 9): stopping predicted divergers early saves "
+    return section(
+        "7. The stopper's value",
+        "(project design, seem.md section 9): stopping predicted divergers early saves "
         "compute without killing trials that would not have diverged; the SEEM stopper detects "
         "divergence earlier than a Q-bound stopper.",
-        "",
         settings_text(result),
-        "",
         f"![Stopper timelines]({figures_rel}/{FIGURE})",
-        "",
-        "| stopper | steps used / no-stopper budget | compute saved | trials stopped | "
-        "divergers stopped before crossing | median (min) lead | false kills | missed divergers |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    n_div = len(result["divergers"])
-    for kind in KINDS:
-        k = kinds[kind]
-        lines.append(
-            f"| {kind} | {k['steps_used']:,} / {k['steps_budget']:,} | "
-            f"{_pct(k['saved_fraction'])} | {len(k['stopped'])}/{len(result['runs'])} | "
-            f"{len(k['early'])}/{n_div} | {_x(k['median_lead'])} "
-            f"({_x(k['min_lead'])}) | {_names(k['false_kills'])} | "
-            f"{_names(k['missed'])} |"
-        )
-    lines += [
-        "",
+        table(
+            [
+                "stopper",
+                "steps used / no-stopper budget",
+                "compute saved",
+                "trials stopped",
+                "divergers stopped before crossing",
+                "median (min) lead",
+                "false kills",
+                "missed divergers",
+            ],
+            (_stopper_cells(result, kind) for kind in KINDS),
+        ),
         "Per run:",
-        "",
-        "| run | bound | \\|Q\\| crossed bound at | SEEM stopper stops at (reason) | "
-        "Q-bound stopper stops at | lead | max SEEM | final \\|Q\\|/bound |",
-        "|---|---|---|---|---|---|---|---|",
+        table(
+            [
+                "run",
+                "bound",
+                "\\|Q\\| crossed bound at",
+                "SEEM stopper stops at (reason)",
+                "Q-bound stopper stops at",
+                "lead",
+                "max SEEM",
+                "final \\|Q\\|/bound",
+            ],
+            (_run_cells(r) for r in result["runs"]),
+        ),
+        reading=reading(result),
+        notes=["**Ray Tune benchmark (quoted, not re-run here).** " + TUNE_BENCHMARK],
+    )
+
+
+def _stopper_cells(result: dict[str, Any], kind: str) -> list[str]:
+    """One stopper kind's row: compute used and saved, who it stopped, how early."""
+    k = result["kinds"][kind]
+    return [
+        kind,
+        f"{k['steps_used']:,} / {k['steps_budget']:,}",
+        _pct(k["saved_fraction"]),
+        f"{len(k['stopped'])}/{len(result['runs'])}",
+        f"{len(k['early'])}/{len(result['divergers'])}",
+        f"{_x(k['median_lead'])} ({_x(k['min_lead'])})",
+        _names(k["false_kills"]),
+        _names(k["missed"]),
     ]
-    for r in result["runs"]:
-        s_seem, s_bound = r["stops"]["seem"], r["stops"]["q_bound"]
-        crossed = r["crossed_at"]
-        lead = f"{crossed / s_seem:.2f}x" if crossed is not None and s_seem else "-"
-        seem_txt = f"{s_seem} ({r['reasons']['seem']})" if s_seem is not None else "-"
-        lines.append(
-            f"| {r['name']} | {fmt(r['q_bound'], '.3g')} | "
-            f"{crossed if crossed is not None else '-'} | {seem_txt} | "
-            f"{s_bound if s_bound is not None else '-'} | {lead} | "
-            f"{fmt(r['max_seem'], '.3f')} | {fmt(r['final_q_ratio'], '.3g')} |"
-        )
-    lines += ["", "**Reading.**", "", *reading(result), ""]
-    lines += ["**Ray Tune benchmark (quoted, not re-run here).** " + TUNE_BENCHMARK, ""]
-    return "\n".join(lines)
+
+
+def _run_cells(r: dict[str, Any]) -> list[Any]:
+    """One run's row: where it crossed, where each stopper stopped it, the lead."""
+    s_seem, s_bound = r["stops"]["seem"], r["stops"]["q_bound"]
+    crossed = r["crossed_at"]
+    return [
+        r["name"],
+        fmt(r["q_bound"], ".3g"),
+        crossed if crossed is not None else "-",
+        f"{s_seem} ({r['reasons']['seem']})" if s_seem is not None else "-",
+        s_bound if s_bound is not None else "-",
+        f"{crossed / s_seem:.2f}x" if crossed is not None and s_seem else "-",
+        fmt(r["max_seem"], ".3f"),
+        fmt(r["final_q_ratio"], ".3g"),
+    ]
 
 
 def reading(result: dict[str, Any]) -> list[str]:

@@ -230,12 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
     from seem_ray.data.commands import register as register_datasets
 
     register_datasets(sub)
-    try:
-        from seem_ray.study import register as register_study
-    except ImportError:  # pragma: no cover - study module optional during development
-        pass
-    else:
-        register_study(sub)
+    from seem_ray.study.commands import register as register_study
+
+    register_study(sub)
     return parser
 
 

@@ -486,13 +486,18 @@ class SpaceSpec:
                 assert self.low is not None
                 _require(self.low > 0, "range", [self.low, self.high], "low > 0 for loguniform")
 
+    def bounds(self) -> tuple[float, float]:
+        """(low, high) of a range kind; __post_init__ has checked both are set."""
+        assert self.low is not None and self.high is not None, f"{self.kind} has no range"
+        return self.low, self.high
+
     def candidates(self) -> tuple[Any, ...]:
         """Values to validate against the base config (the range ends for ranges)."""
         if self.kind in ("grid", "choice"):
             return self.values
-        low, high = self.low, self.high
+        low, high = self.bounds()
         if self.kind == "randint":
-            return (int(low), int(high) - 1)  # type: ignore[arg-type]
+            return (int(low), int(high) - 1)
         return (low, high)
 
 
@@ -624,7 +629,7 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
             return value
         if not isinstance(value, Mapping):
             raise ConfigError(name, f"got {value!r}; expected a mapping of {tp.__name__} fields")
-        return from_dict(tp, value, prefix=name)  # type: ignore[arg-type]
+        return from_dict(tp, value, prefix=name)
     if origin is tuple:
         if not isinstance(value, list | tuple):
             raise ConfigError(name, f"got {value!r}; expected a list")
@@ -694,8 +699,10 @@ def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
     """Build dataclass `cls` from a mapping, rejecting unknown keys and bad values."""
     if not isinstance(data, Mapping):
         raise ConfigError(prefix, f"got {data!r}; expected a mapping")
+    if not dataclasses.is_dataclass(cls):
+        raise TypeError(f"from_dict builds dataclasses, not {cls!r}")
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    names = [f.name for f in dataclasses.fields(cls)]
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         dotted = f"{prefix}.{key}" if prefix else str(key)

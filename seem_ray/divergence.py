@@ -26,7 +26,7 @@ import bisect
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeGuard
 
 from seem_ray import metrics as M
 from seem_ray.config import StopperConfig
@@ -102,7 +102,7 @@ def still_climbing(
     return max(q for _, q in pts) > (1 + rise) * before
 
 
-def _finite(x: float | None) -> bool:
+def _finite(x: float | None) -> TypeGuard[float]:
     return x is not None and math.isfinite(x)
 
 
@@ -152,7 +152,7 @@ class QBoundPredictor(_Latching):
         if nan.diverging:
             return self._flag(step, M.REASON_NAN, step)
         q = metrics.get(M.Q_MEAN)
-        if _finite(q) and abs(q) > self.limit:  # type: ignore[arg-type]
+        if _finite(q) and abs(q) > self.limit:
             return self._flag(step, M.REASON_Q_BOUND, step)
         return self.verdict
 
@@ -212,9 +212,10 @@ class RunningScale:
         value = metrics.get(self.key)
         if not _finite(value) and self.fallback is not None:
             value = metrics.get(self.fallback)
-        if not _finite(value) or step <= 0 or (self.steps and step <= self.steps[-1]):
+        fresh = step > 0 and not (self.steps and step <= self.steps[-1])
+        if not (fresh and _finite(value)):
             return
-        level = max(abs(value), self.values[-1] if self.values else 0.0)  # type: ignore[arg-type]
+        level = max(abs(value), self.values[-1] if self.values else 0.0)
         self.steps.append(step)
         self.values.append(level)
 

@@ -6,6 +6,8 @@ trained actor -> **rollouts in the recovered env -> return, normalized score** -
 The env is whatever the Minari dataset says (``recover_environment(eval_env=True)``: the
 evaluation env when the dataset names one, else the collecting env). Observations reach the
 policy flattened exactly as in training (:func:`seem_ray.data.minari.flatten_observation`).
+The rollouts themselves live in :mod:`seem_ray.data.rollouts`, which dataset generation uses
+too; this module adds only what scoring needs (the dataset's env and reference scores).
 
 Scale of ``normalized_score``: D4RL's 0-100 scale, i.e. ``100 * minari.get_normalized_score``
 = ``100 * (R - ref_min) / (ref_max - ref_min)`` (0 = random policy, 100 = reference expert).
@@ -16,7 +18,6 @@ from __future__ import annotations
 import functools
 import logging
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,13 +25,12 @@ import gymnasium as gym
 import numpy as np
 
 from seem_ray.data.batches import DataError
-from seem_ray.data.minari import dataset_path, flatten_observation, open_dataset
+from seem_ray.data.minari import dataset_path, open_dataset
+from seem_ray.data.rollouts import Policy, episode_returns, rollouts
 
 __all__ = ["EvalResult", "episode_returns", "eval_env_spec", "evaluate_policy"]
 
 log = logging.getLogger(__name__)
-
-Policy = Callable[[np.ndarray], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -46,83 +46,6 @@ class EvalResult:
     """Per-episode undiscounted returns, in seed order."""
     lengths: tuple[int, ...]
     """Per-episode lengths (steps)."""
-
-
-def _register_robotics(spec: gym.envs.registration.EnvSpec) -> None:
-    if "gymnasium_robotics" in str(spec.entry_point):
-        import gymnasium_robotics
-
-        gym.register_envs(gymnasium_robotics)
-
-
-def episode_returns(
-    env_spec: gym.envs.registration.EnvSpec,
-    policy: Policy,
-    *,
-    episodes: int,
-    seed: int,
-    max_steps: int | None = None,
-) -> np.ndarray:
-    """Run `episodes` episodes of `policy` at once in a vector env; return their returns.
-
-    Episode i is reset with seed ``seed + i``, so results depend only on (seed, policy).
-
-    Args:
-        env_spec: the env to evaluate in (its own time limit applies).
-        policy: flat observations [B, obs_dim] -> actions [B, act_dim].
-        episodes: number of episodes (= vector env width).
-        seed: base seed.
-        max_steps: optional cap on steps per episode (below the env's own limit).
-
-    Returns:
-        undiscounted returns, float64 [episodes], in seed order.
-    """
-    return _rollouts(env_spec, policy, episodes=episodes, seed=seed, max_steps=max_steps)[0]
-
-
-def _rollouts(
-    env_spec: gym.envs.registration.EnvSpec,
-    policy: Policy,
-    *,
-    episodes: int,
-    seed: int,
-    max_steps: int | None,
-) -> tuple[np.ndarray, np.ndarray]:
-    if episodes < 1:
-        raise ValueError(f"episodes must be >= 1, got {episodes}")
-    if max_steps is not None and max_steps < 1:
-        raise ValueError(f"max_steps must be >= 1 or None, got {max_steps}")
-    _register_robotics(env_spec)
-    envs = gym.vector.SyncVectorEnv(
-        [functools.partial(gym.make, env_spec) for _ in range(episodes)]
-    )
-    try:
-        space = envs.single_action_space
-        assert isinstance(space, gym.spaces.Box)
-        low, high = space.low, space.high
-        obs, _ = envs.reset(seed=[seed + i for i in range(episodes)])
-        returns = np.zeros(episodes)
-        lengths = np.zeros(episodes, dtype=np.int64)
-        active = np.ones(episodes, dtype=bool)
-        while active.any():
-            action = np.asarray(policy(flatten_observation(obs)), dtype=np.float32)
-            if action.shape != (episodes, *space.shape):
-                raise ValueError(
-                    f"policy returned actions of shape {action.shape}; expected {(episodes, *space.shape)}"
-                )
-            if not np.all(np.isfinite(action)):
-                raise ValueError("policy returned NaN/inf actions")
-            obs, reward, term, trunc, _ = envs.step(np.clip(action, low, high))
-            returns += np.where(active, reward, 0.0)
-            lengths += active
-            done = np.logical_or(term, trunc)
-            if max_steps is not None:
-                done |= lengths >= max_steps
-            # A finished env auto-resets on the next step; its later rewards are ignored.
-            active &= ~done
-    finally:
-        envs.close()
-    return returns, lengths
 
 
 @functools.lru_cache(maxsize=32)
@@ -177,7 +100,7 @@ def evaluate_policy(
     import minari
 
     spec, dataset = _spec_and_dataset(dataset_id)
-    returns, lengths = _rollouts(spec, policy, episodes=episodes, seed=seed, max_steps=max_steps)
+    returns, lengths = rollouts(spec, policy, episodes=episodes, seed=seed, max_steps=max_steps)
     score: float | None = None
     meta = dataset.storage.metadata
     if meta.get("ref_min_score") is not None and meta.get("ref_max_score") is not None:

@@ -53,6 +53,7 @@ def _hseqr(prefix: str) -> Callable[..., None] | None:
     try:
         from scipy.linalg import cython_lapack
 
+        # Cython modules export __pyx_capi__ at run time; scipy's stubs do not list it.
         capsule = cython_lapack.__pyx_capi__[f"{prefix}hseqr"]  # type: ignore[attr-defined]
         # Own prototypes rather than setting argtypes on the shared ctypes.pythonapi entries.
         get_name = ctypes.PYFUNCTYPE(ctypes.c_char_p, ctypes.py_object)(

@@ -30,6 +30,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import scipy.linalg
@@ -193,6 +194,22 @@ def _fixed_stats_batchnorm(module: nn.Module) -> bool:
     )
 
 
+def _running_stats(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor, float] | None:
+    """(running_mean, running_var, eps) of a fixed-statistics BatchNorm1d, else None."""
+    if not (_fixed_stats_batchnorm(module) and isinstance(module, nn.BatchNorm1d)):
+        return None
+    mean, var = module.running_mean, module.running_var
+    assert mean is not None and var is not None  # _fixed_stats_batchnorm checked them
+    return mean, var, module.eps
+
+
+def _tensor_attr(module: nn.Module, name: str) -> torch.Tensor:
+    """A parameter or buffer by name, as a Tensor (nn.Module's __getattr__ is typed loosely)."""
+    value = getattr(module, name)
+    assert isinstance(value, torch.Tensor), f"{type(module).__name__}.{name} is no tensor"
+    return value
+
+
 def layerwise_eligible(critic: nn.Module) -> bool:
     """Static check for the layer-wise path: trainable params only in layers it handles.
 
@@ -295,24 +312,26 @@ def _layer_features(
     grads = torch.autograd.grad(q.sum(), [out for _, _, out in feats_in], allow_unused=True)
 
     feats: list[_LayerFeatures] = []
-    for (m, x, out), g in zip(feats_in, grads, strict=True):
+    for (layer, x, out), g in zip(feats_in, grads, strict=True):
         g = torch.zeros_like(out) if g is None else g
         x, g = x.detach(), g.detach()
-        bias = getattr(m, "bias", None)
+        bias = getattr(layer, "bias", None)
         b = bias is not None and bias.requires_grad
-        if isinstance(m, nn.Linear):
-            feats.append(_linear_features(m, x, g, b))
+        if isinstance(layer, nn.Linear):
+            feats.append(_linear_features(layer, x, g, b))
             continue
-        w = m.weight is not None and m.weight.requires_grad
+        weight = getattr(layer, "weight", None)
+        w = weight is not None and weight.requires_grad
         with torch.no_grad():
-            if isinstance(m, nn.LayerNorm):
-                normed = F.layer_norm(x, m.normalized_shape, eps=m.eps)
-            elif isinstance(m, nn.RMSNorm):
-                normed = F.rms_norm(x, m.normalized_shape, eps=m.eps)
-            elif _fixed_stats_batchnorm(m):
-                normed = (x - m.running_mean) / torch.sqrt(m.running_var + m.eps)
+            if isinstance(layer, nn.LayerNorm):
+                normed = F.layer_norm(x, layer.normalized_shape, eps=layer.eps)
+            elif isinstance(layer, nn.RMSNorm):
+                normed = F.rms_norm(x, layer.normalized_shape, eps=layer.eps)
+            elif (stats := _running_stats(layer)) is not None:
+                mean, var, eps = stats
+                normed = (x - mean) / torch.sqrt(var + eps)
             else:
-                raise _NotLayerwise(f"{type(m).__name__} without running statistics")
+                raise _NotLayerwise(f"{type(layer).__name__} without running statistics")
         feats.append(_LayerFeatures("norm", normed, g, w, b))
     return feats, q.detach()
 
@@ -329,9 +348,9 @@ def _linear_features(m: nn.Linear, x: torch.Tensor, g: torch.Tensor, b: bool) ->
     kind = _reparam_kind(m)
     if kind == "plain":
         return _LayerFeatures("linear", x, g, m.weight.requires_grad, b)
-    plist = m.parametrizations["weight"]
+    plist = cast(nn.ModuleDict, m.parametrizations)["weight"]
     if kind == "weight":
-        g_param, v = plist.original0, plist.original1
+        g_param, v = _tensor_attr(plist, "original0"), _tensor_attr(plist, "original1")
         vnorm = v.norm(dim=1)
         c = (g_param.reshape(-1) / vnorm) ** 2
         gs = g * (x @ (v / vnorm[:, None]).T)
@@ -340,9 +359,9 @@ def _linear_features(m: nn.Linear, x: torch.Tensor, g: torch.Tensor, b: bool) ->
         return _LayerFeatures(
             "linear", x, g * c.sqrt(), v_tr, b, g_bias=g, low_left=low, low_right=gs
         )
-    sn = plist[0]
-    orig = plist.original
-    u, v = sn._u, sn._v
+    sn = cast(nn.ModuleList, plist)[0]
+    orig = _tensor_attr(plist, "original")
+    u, v = _tensor_attr(sn, "_u"), _tensor_attr(sn, "_v")
     sigma = torch.vdot(u, torch.mv(orig, v))
     if not orig.requires_grad:
         return _LayerFeatures("linear", x, g, False, b)
@@ -718,14 +737,14 @@ def _mixed_eigs(a: np.ndarray) -> np.ndarray | None:
     the caller uses dense float64. Tested against dense on critics with/without LayerNorm,
     gamma 0/0.99/1.2, trained critics, near-zero clusters and complex rightmost pairs.
     """
-    n = a.shape[0]
+    n = int(a.shape[0])
     w32 = _all_eigvals(_fortran_copy(a, np.float32))
     if not np.all(np.isfinite(w32)):
         return None
     cands = _sort_right(w32.astype(np.complex128))
     cands = cands[cands.imag >= 0]  # one member per conjugate pair
     rng = np.random.default_rng(0)
-    start = rng.standard_normal(n) + 1j * rng.standard_normal(n)
+    start = rng.standard_normal(n) + rng.standard_normal(n) * 1j
     best: complex | None = None
     margin = MIXED_MARGIN
     for refined, c in enumerate(cands):

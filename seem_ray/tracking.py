@@ -214,7 +214,13 @@ class MlflowSweepTracker(tune.Callback):
         self.checkpoints: dict[str, str] = {}
 
     # ----------------------------------------------------------------- lifecycle
-    def setup(self, **info: Any) -> None:
+    def setup(
+        self,
+        stop: tune.Stopper | None = None,
+        num_samples: int | None = None,
+        total_num_samples: int | None = None,
+        **info: Any,
+    ) -> None:
         client = _client(self.tracking_uri)
         exp_id = experiment_id(self.tracking_uri, self.experiment)
         if self.parent_run_id is None:

@@ -182,8 +182,8 @@ def _root_cause(err: BaseException) -> str:
     if failures:
         rank, exc = sorted(failures.items())[0]
         inner: BaseException = exc
-        while getattr(inner, "cause", None) is not None:
-            inner = inner.cause  # type: ignore[assignment]
+        while (cause := getattr(inner, "cause", None)) is not None:
+            inner = cause
         text = str(inner).strip().splitlines()
         return f"worker {rank}: {type(inner).__name__}: {text[-1] if text else ''}"
     lines = str(err).strip().splitlines()

@@ -146,7 +146,10 @@ def trial_trainable() -> type:
     """run_trial as a Tune trainable that aborts its Train run when Tune stops the trial."""
     from ray.tune.trainable import wrap_function
 
-    class Trial(wrap_function(run_trial)):
+    # wrap_function builds the function-trainable class at run time: a base mypy cannot see.
+    base: Any = wrap_function(run_trial)
+
+    class Trial(base):
         _controller: Any = None
 
         def step(self) -> dict[str, Any]:
@@ -205,10 +208,11 @@ def _domain(spec: SpaceSpec) -> Any:
     if spec.kind == "choice":
         return tune.choice(values)
     if spec.kind == "uniform":
-        return tune.uniform(spec.low, spec.high)
+        return tune.uniform(*spec.bounds())
     if spec.kind == "loguniform":
-        return tune.loguniform(spec.low, spec.high)
-    return tune.randint(int(spec.low or 0), int(spec.high or 1))
+        return tune.loguniform(*spec.bounds())
+    low, high = spec.bounds()
+    return tune.randint(int(low), int(high))
 
 
 @dataclass(frozen=True)
@@ -410,7 +414,9 @@ def run_sweep(
         tuner = tune.Tuner.restore(
             str(exp_path), trainable=trainable, resume_unfinished=True, resume_errored=True
         )
-        stopper = tuner._local_tuner._run_config.stop  # the pickled stopper with its verdicts
+        local = tuner._local_tuner
+        assert local is not None  # None only under Ray Client, which we do not use
+        stopper = local._run_config.stop  # the pickled stopper with its verdicts
     else:
         if exp_path.exists() and any(exp_path.iterdir()):
             raise ConfigError(

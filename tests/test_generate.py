@@ -16,14 +16,16 @@ from seem_ray.config import ConfigError
 from seem_ray.data import generate
 from seem_ray.data.batches import DataError
 from seem_ray.data.commands import register
-from seem_ray.data.generate import (
+from seem_ray.data.generate import MazePlanner, make_dataset
+from seem_ray.data.minari import dataset_summary, list_local_datasets, load_transitions
+from seem_ray.data.recipes import (
     D4RL_EXPERT_RETURN,
     RECIPES,
-    MazePlanner,
     dataset_id_for,
-    make_dataset,
+    find_recipe,
+    recipe_of_id,
 )
-from seem_ray.data.minari import dataset_summary, list_local_datasets, load_transitions
+from seem_ray.data.rollouts import make_env
 
 TINY_MAZE = {"episodes": 2, "episode_steps": 60, "ref_episodes": 2}
 
@@ -62,6 +64,16 @@ def test_recipe_registry() -> None:
     assert RECIPES["pointmaze-large-sparse"].env_id == "PointMaze_Large-v3"
 
 
+def test_recipe_found_by_short_name_or_dataset_id() -> None:
+    """One registry answers both the generator (name or id) and the loader (id -> recipe)."""
+    assert find_recipe("hopper-random") is find_recipe("seem_ray/hopper-random-v0")
+    assert recipe_of_id("seem_ray/hopper-random-v0") is RECIPES["hopper-random"]
+    assert recipe_of_id("other/hopper-random-v0") is None
+    assert recipe_of_id("seem_ray/no-such-recipe-v0") is None
+    with pytest.raises(DataError, match="known: pointmaze-umaze-dense"):
+        find_recipe("no-such-recipe")
+
+
 # --------------------------------------------------------------------------------------------
 # planner
 # --------------------------------------------------------------------------------------------
@@ -88,7 +100,7 @@ def _naive_distances(grid: np.ndarray, goal: tuple[int, int]) -> np.ndarray:
 
 @pytest.mark.parametrize("maze", ["UMaze", "Medium"])
 def test_planner_distances_and_waypoints(maze: str) -> None:
-    env = generate._make_env(f"PointMaze_{maze}-v3")
+    env = make_env(f"PointMaze_{maze}-v3")
     planner = MazePlanner(env.unwrapped.maze)
     free = [tuple(x) for x in np.argwhere(~planner.grid)]
     goal = free[-1]
@@ -107,7 +119,7 @@ def test_planner_distances_and_waypoints(maze: str) -> None:
 
 
 def test_planner_acts_on_flat_batches() -> None:
-    env = generate._make_env("PointMaze_UMaze-v3")
+    env = make_env("PointMaze_UMaze-v3")
     planner = MazePlanner(env.unwrapped.maze)
     obs = np.zeros((3, 8), np.float32)
     obs[:, 6:8] = env.unwrapped.maze.cell_rowcol_to_xy(np.array([1, 1]))

@@ -11,8 +11,9 @@ import json
 import sys
 from typing import Any
 
-from seem_ray.data.generate import RECIPES, make_dataset
+from seem_ray.data.generate import make_dataset
 from seem_ray.data.minari import dataset_summary, list_local_datasets
+from seem_ray.data.recipes import RECIPES
 from seem_ray.runtime import datasets_dir
 
 __all__ = ["register"]

@@ -2,7 +2,7 @@
 
 Flow position: **env rollouts -> Minari dataset (arrow, with reference scores)** -> load_transitions.
 
-Recipes (``RECIPES``, short name -> id ``seem_ray/<name>-v0``):
+How each recipe of :mod:`seem_ray.data.recipes` (short name -> id ``seem_ray/<name>-v0``) is made:
 
 * ``pointmaze-{umaze,medium,large}-{dense,sparse}``: made the way D4RL made maze2d. A
   waypoint planner (BFS shortest path over the maze grid from the ball's cell to the goal
@@ -34,8 +34,7 @@ import time
 import uuid
 import warnings
 from collections import deque
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,124 +43,25 @@ import numpy as np
 
 from seem_ray.config import ConfigError
 from seem_ray.data.batches import DataError
+from seem_ray.data.minari import flatten_observation
+from seem_ray.data.recipes import (
+    NAMESPACE,
+    Recipe,
+    dataset_id_for,
+    find_recipe,
+    recipe_of_id,
+)
+from seem_ray.data.rollouts import Policy, episode_returns, make_env
 from seem_ray.runtime import datasets_dir
 
-__all__ = [
-    "NAMESPACE",
-    "RECIPES",
-    "MazePlanner",
-    "Recipe",
-    "dataset_id_for",
-    "make_dataset",
-]
+__all__ = ["MazePlanner", "ensure_dataset", "make_dataset"]
 
 log = logging.getLogger(__name__)
-
-NAMESPACE = "seem_ray"
-VERSION = 0
-
-Policy = Callable[[np.ndarray], np.ndarray]
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """How to make one local dataset."""
-
-    name: str
-    """Short name; the dataset id is ``seem_ray/<name>-v0``."""
-    kind: str
-    """'maze' (planner + PD), 'random' (uniform actions) or 'replay' (online TD3 buffer)."""
-    env_id: str
-    """Gymnasium id of the collecting (and, except for mazes, evaluation) env."""
-    episodes: int = 0
-    """Maze: episodes collected by default."""
-    episode_steps: int = 0
-    """Maze: steps per collected episode (the continuing task is cut by a timeout)."""
-    steps: int = 0
-    """Random/replay: env steps collected by default."""
-    ref_max_score: float | None = None
-    """Constant expert reference (MuJoCo, from D4RL); None = measure (mazes: the planner)."""
-    description: str = ""
-
-
-D4RL_EXPERT_RETURN = {"hopper": 3234.3, "halfcheetah": 12135.0, "walker2d": 4592.3}
-"""D4RL's expert reference returns (normalized score 100) for the MuJoCo locomotion tasks."""
-
-_MAZES = {
-    "umaze": ("UMaze", 30, 1000),
-    "medium": ("Medium", 40, 2000),
-    "large": ("Large", 50, 2500),
-}
-_MUJOCO = {"hopper": "Hopper-v5", "halfcheetah": "HalfCheetah-v5", "walker2d": "Walker2d-v5"}
-
-
-def _build_recipes() -> dict[str, Recipe]:
-    out: dict[str, Recipe] = {}
-    for maze, (title, episodes, ep_steps) in _MAZES.items():
-        for reward in ("dense", "sparse"):
-            name = f"pointmaze-{maze}-{reward}"
-            suffix = "Dense" if reward == "dense" else ""
-            out[name] = Recipe(
-                name=name,
-                kind="maze",
-                env_id=f"PointMaze_{title}{suffix}-v3",
-                episodes=episodes,
-                episode_steps=ep_steps,
-                description=(
-                    f"PointMaze {title} ({reward} reward): BFS waypoint planner + PD controller "
-                    "with Gaussian action noise, continuing goals (D4RL maze2d style)."
-                ),
-            )
-    for task, env_id in _MUJOCO.items():
-        out[f"{task}-random"] = Recipe(
-            name=f"{task}-random",
-            kind="random",
-            env_id=env_id,
-            steps=100_000,
-            ref_max_score=D4RL_EXPERT_RETURN[task],
-            description=f"{env_id}: uniform random policy.",
-        )
-        out[f"{task}-medium-replay"] = Recipe(
-            name=f"{task}-medium-replay",
-            kind="replay",
-            env_id=env_id,
-            steps=30_000,
-            ref_max_score=D4RL_EXPERT_RETURN[task],
-            description=f"{env_id}: full replay buffer of a short online TD3 run.",
-        )
-    return out
-
-
-RECIPES: dict[str, Recipe] = _build_recipes()
-
-
-def dataset_id_for(name: str) -> str:
-    """Recipe short name -> Minari id, e.g. 'hopper-random' -> 'seem_ray/hopper-random-v0'."""
-    return f"{NAMESPACE}/{name}-v{VERSION}"
-
-
-def _recipe(name: str) -> Recipe:
-    short = name
-    if short.startswith(NAMESPACE + "/"):
-        short = short[len(NAMESPACE) + 1 :]
-    if short.endswith(f"-v{VERSION}"):
-        short = short[: -len(f"-v{VERSION}")]
-    if short not in RECIPES:
-        raise DataError(f"unknown dataset recipe {name!r}; known: {', '.join(RECIPES)}")
-    return RECIPES[short]
 
 
 def _maze_of(env: gym.Env) -> Any:
     """The PointMaze env's maze (grid + cell/xy conversions)."""
-    return env.unwrapped.maze  # type: ignore[attr-defined]
-
-
-def _make_env(env_id: str, **kwargs: Any) -> gym.Env:
-    if env_id.startswith("PointMaze"):
-        import gymnasium_robotics
-
-        gym.register_envs(gymnasium_robotics)
-    return gym.make(env_id, **kwargs)
+    return env.unwrapped.maze  # type: ignore[attr-defined]  # PointMazeEnv attr; gym.Env lacks it
 
 
 # ---------------------------------------------------------------------------------------------
@@ -320,8 +220,6 @@ def _collect(
     With a step budget the last episode is cut at the budget and marked truncated (a timeout:
     it bootstraps, exactly like the env's own time limit).
     """
-    from seem_ray.data.minari import flatten_observation
-
     buffers: list[Any] = []
     total, t0, last_log = 0, time.monotonic(), time.monotonic()
     obs, _ = env.reset(seed=seed)
@@ -360,7 +258,7 @@ def _collect(
 def _collect_maze(
     recipe: Recipe, *, episodes: int, episode_steps: int, seed: int, noise: float
 ) -> tuple[list[Any], gym.Env]:
-    env = _make_env(
+    env = make_env(
         recipe.env_id, continuing_task=True, reset_target=True, max_episode_steps=episode_steps
     )
     planner = MazePlanner(_maze_of(env), noise=noise, seed=seed)
@@ -428,7 +326,7 @@ def _online_td3_loop(
     from seem_ray.config import AlgoConfig, NetConfig, TD3BCConfig
     from seem_ray.data.batches import Batch
 
-    env = _make_env(recipe.env_id)
+    env = make_env(recipe.env_id)
     space = env.action_space
     assert isinstance(space, gym.spaces.Box)
     obs_dim = int(np.prod(env.observation_space.shape or ()))
@@ -614,8 +512,6 @@ def _install(staging: Path, root: Path, dataset_id: str, overwrite: bool) -> Non
 
 
 def _mean_return(env_spec: Any, policy: Policy, episodes: int, seed: int) -> float:
-    from seem_ray.evaluate import episode_returns
-
     return float(np.mean(episode_returns(env_spec, policy, episodes=episodes, seed=seed)))
 
 
@@ -653,7 +549,7 @@ def make_dataset(
         DataError: unknown recipe, or the id exists and `overwrite` is False.
         ConfigError: a size option that is not positive or not used by this recipe.
     """
-    recipe = _recipe(name)
+    recipe = find_recipe(name)
     dataset_id = dataset_id_for(recipe.name)
     for opt, value in (
         ("episodes", episodes),
@@ -693,7 +589,7 @@ def make_dataset(
             buffers, env = _collect_maze(
                 recipe, episodes=n_eps, episode_steps=ep_steps, seed=seed, noise=noise
             )
-            eval_env = _make_env(recipe.env_id)
+            eval_env = make_env(recipe.env_id)
             eval_env_id = recipe.env_id
             ref_min = _mean_return(
                 eval_env.spec,
@@ -708,7 +604,7 @@ def make_dataset(
             algorithm = f"BFS waypoint planner + PD controller, action noise std {noise}"
         else:
             if recipe.kind == "random":
-                env = _make_env(recipe.env_id)
+                env = make_env(recipe.env_id)
                 budget = None if episodes else (steps or recipe.steps)
                 buffers = _collect(
                     env,
@@ -767,13 +663,12 @@ def ensure_dataset(dataset_id: str, **make_kwargs: Any) -> str:
     root = datasets_dir()
     if (root / dataset_id).exists():
         return dataset_id
-    namespace, _, rest = dataset_id.partition("/")
-    name = rest.rsplit("-v", 1)[0]
-    if namespace != NAMESPACE or name not in RECIPES:
+    recipe = recipe_of_id(dataset_id)
+    if recipe is None:
         return dataset_id
     log.info("dataset %s not found under %s: generating it (one time)", dataset_id, root)
     try:
-        make_dataset(name, **make_kwargs)
+        make_dataset(recipe.name, **make_kwargs)
     except DataError:
         if not (root / dataset_id).exists():
             raise

@@ -25,6 +25,7 @@ import gymnasium as gym
 import numpy as np
 
 from seem_ray.data.batches import DataError, Transitions
+from seem_ray.data.recipes import RECIPES
 from seem_ray.runtime import datasets_dir
 
 __all__ = [
@@ -134,8 +135,6 @@ def list_local_datasets() -> list[str]:
 
 
 def _unknown_id_error(dataset_id: str) -> DataError:
-    from seem_ray.data.generate import RECIPES
-
     local = list_local_datasets()
     have = ", ".join(local) if local else "none"
     return DataError(
