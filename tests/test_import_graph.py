@@ -160,11 +160,19 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "seem_ray.stopper",
         "seem_ray.tracking",
         "seem_ray.data.commands",
+        "seem_ray.integrations",
     ),
     ("seem_ray.train", "seem_ray.runner"),
     # Generating a replay dataset trains the project's own TD3, so generation sits above the
     # algorithms although it lives in data/ (next to the loader it writes for).
-    ("seem_ray.loop", "seem_ray.evaluate", "seem_ray.checkpoint", "seem_ray.data.generate"),
+    # external: SEEM and the verdict for a user's own critic, beside our own loop.
+    (
+        "seem_ray.loop",
+        "seem_ray.evaluate",
+        "seem_ray.checkpoint",
+        "seem_ray.data.generate",
+        "seem_ray.external",
+    ),
     ("seem_ray.algos", "seem_ray.seem", "seem_ray.divergence", "seem_ray.hessenberg"),
     ("seem_ray.nets", "seem_ray.data", "seem_ray.runtime"),
     ("seem_ray.config", "seem_ray.metrics"),
