@@ -4,7 +4,7 @@ PY := .venv/bin/python
 export RAY_TRAIN_HEALTH_CHECK_INTERVAL_S ?= 0.2
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: bootstrap system-deps demo test test-fast test-faults lint bench results calibrate clean
+.PHONY: bootstrap system-deps demo test test-fast test-faults lint bench bench-deps bench-peers results calibrate clean
 
 bootstrap:
 	@bash scripts/bootstrap.sh
@@ -44,6 +44,17 @@ bench: bootstrap
 	@$(PY) benchmarks/bench_bf16.py --json
 	@$(PY) benchmarks/bench_ray_overhead.py --json
 	@$(PY) benchmarks/bench_stopper.py --json
+
+## The optional peer (d3rlpy 2.8.1): its deps from the `bench` extra, itself --no-deps
+## (its wheel pins gymnasium 1.0; we run 1.4).
+bench-deps: bootstrap
+	@$(PY) -m pip install -q -e ".[dev,bench]" && $(PY) -m pip install -q --no-deps "d3rlpy==2.8.1"
+
+## seem_ray beside d3rlpy and the CORL-style baseline: steps/s, peak RSS, score over 3 seeds.
+bench-peers: bench-deps
+	@$(PY) -m seem_ray.cli datasets info seem_ray/pointmaze-umaze-dense-v0 >/dev/null 2>&1 \
+	  || $(PY) -m seem_ray.cli datasets make pointmaze-umaze-dense
+	@$(PY) benchmarks/bench_peers.py --json
 
 calibrate: bootstrap
 	@$(PY) benchmarks/calibrate.py

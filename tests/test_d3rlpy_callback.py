@@ -90,3 +90,47 @@ def test_unbuilt_algorithm_is_one_clear_error() -> None:
     algo = _small(d3rlpy.algos.TD3PlusBCConfig)
     with pytest.raises(ValueError, match="not built"):
         d3rlpy_critic(algo)
+
+
+def test_seem_ray_transitions_become_d3rlpy_episodes() -> None:
+    from seem_ray.data.batches import Transitions
+    from seem_ray.integrations.d3rlpy_callback import to_d3rlpy_dataset
+
+    # Two trajectories of 3 and 2 steps: the first ends in a timeout, the second in a terminal.
+    obs = np.arange(6, dtype=np.float32).reshape(6, 1)  # s_0..s_2 | s_3 unused | s_4, s_5
+    rows = [0, 1, 2, 4, 5]
+    nxt = np.array([[1], [2], [3], [5], [9]], dtype=np.float32)
+    t = Transitions(
+        observations=obs[rows],
+        actions=np.zeros((5, 1), np.float32),
+        rewards=np.arange(5, dtype=np.float32),
+        next_observations=nxt,
+        terminals=np.array([0, 0, 0, 0, 1], np.float32),
+        timeouts=np.array([0, 0, 1, 0, 0], np.float32),
+    )
+    ds = to_d3rlpy_dataset(t)
+    assert [len(ep.rewards) for ep in ds.episodes] == [3, 2]
+    assert [bool(ep.terminated) for ep in ds.episodes] == [False, True]
+    assert np.allclose(ds.episodes[1].rewards.ravel(), [3, 4])
+
+
+def test_readme_example_stops_on_its_verdict(isolated_env) -> None:
+    """examples/seem_d3rlpy.py as the README runs it, on the tiny local Minari dataset."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "seem_d3rlpy.py"
+    cmd = [sys.executable, str(example), "--steps", "300", "--q-bound", "1e-4"]
+    cmd += ["--mlflow", f"sqlite:///{isolated_env / 'mlflow.db'}"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "stopped at step 100: q_bound" in out.stdout
+    assert (isolated_env / "mlflow.db").exists()
+    bad = subprocess.run(
+        [sys.executable, str(example), "--dataset", "nope/none-v0"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert bad.returncode == 2 and "not found" in bad.stderr.splitlines()[-1]

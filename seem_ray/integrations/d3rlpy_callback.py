@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from seem_ray.data.batches import Transitions
 from seem_ray.external import Check, CriticMonitor, Probe
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "d3rlpy_policy",
     "fit_with_seem",
     "probe_from_d3rlpy",
+    "to_d3rlpy_dataset",
 ]
 
 
@@ -195,3 +197,23 @@ def fit_with_seem(
     except DivergenceStop as stop:
         return callback.history, stop.check
     return callback.history, None
+
+
+def to_d3rlpy_dataset(t: Transitions) -> Any:
+    """seem_ray transitions (e.g. a local Minari dataset) as a d3rlpy ``MDPDataset``.
+
+    Episode boundaries are the terminals, the timeouts, and every row whose s' is not the next
+    row's s (d3rlpy stores episodes, seem_ray flat transitions).
+    """
+    import d3rlpy
+
+    ends = t.terminals.astype(bool) | t.timeouts.astype(bool)
+    breaks = ~np.all(t.next_observations[:-1] == t.observations[1:], axis=1)
+    timeouts = (ends | np.append(breaks, True)) & ~t.terminals.astype(bool)
+    return d3rlpy.dataset.MDPDataset(
+        observations=t.observations,
+        actions=t.actions,
+        rewards=t.rewards,
+        terminals=t.terminals.astype(np.float32),
+        timeouts=timeouts.astype(np.float32),
+    )
