@@ -33,6 +33,8 @@ import torch
 from experiments.common import FIGURES_DIR, SummaryRow, prepare_torch, results_path
 from seem_ray.runtime import PROJECT_ROOT, atomic_write_text, runs_dir
 
+EXTRA_SECTIONS: tuple[Path, ...] = (PROJECT_ROOT / "docs" / "paper_row.md",)
+
 EXPERIMENTS: tuple[str, ...] = (
     "seem_vs_bound",
     "growth_order",
@@ -124,6 +126,11 @@ def build_report(
     ]
     for _, text in sections:
         lines += [text.rstrip(), ""]
+    # Sections measured by a benchmark script rather than an experiment module (the paper row:
+    # benchmarks/paper_row.py) live in their own file and are appended as they are.
+    for extra in EXTRA_SECTIONS:
+        if extra.exists() and not quick:
+            lines += [extra.read_text().rstrip(), ""]
     return "\n".join(lines)
 
 
