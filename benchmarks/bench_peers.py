@@ -14,8 +14,8 @@ of ``--chunk`` steps, so load from other processes hits all alike:
   needs d4rl, mujoco-py and wandb: it cannot be installed on this machine);
 - ``seem_ray`` eager and ``seem_ray_compiled`` (``algo.compile``).
 
-Peak RSS: each side alone in a fresh subprocess (``--only SIDE``), ``ru_maxrss`` after its warm-up
-and measured steps. Learning: ``--score-steps`` steps per seed for d3rlpy and seem_ray eager, then
+Peak RSS: each side alone in a fresh subprocess (``--only SIDE``): the high-water mark (VmHWM)
+after its warm-up and measured steps, and the part the side adds over the imports and dataset. Learning: ``--score-steps`` steps per seed for d3rlpy and seem_ray eager, then
 the normalized score of the deterministic policy over ``--eval-episodes`` episodes (the same
 evaluation code for both), ``--seeds`` seeds. The JSON summary is the LAST stdout line; figures
 are ratios against d3rlpy measured in the same run.
@@ -43,6 +43,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from baselines import BaselineBuffer, make_baseline  # noqa: E402
+from timing import time_alternately  # noqa: E402
 
 from seem_ray.algos import build_algorithm  # noqa: E402
 from seem_ray.config import AlgoConfig, NetConfig  # noqa: E402
@@ -185,21 +186,16 @@ def make_side(name: str, algo: str, data: Transitions, batch: int, seed: int) ->
 # ------------------------------------------------------------------------------------ parts
 def time_sides(args: argparse.Namespace, algo: str, data: Transitions) -> dict[str, float]:
     sides = {name: make_side(name, algo, data, args.batch, 0)[0] for name in SIDES}
-    for name, run in sides.items():
-        t0 = time.perf_counter()
-        run(args.warmup)
-        log.info("%s %-18s warm-up %.1fs", algo, name, time.perf_counter() - t0)
-    seconds = dict.fromkeys(sides, 0.0)
-    done = 0
-    while done < args.steps:
-        n = min(args.chunk, args.steps - done)
-        for name, run in sides.items():
-            t0 = time.perf_counter()
-            run(n)
-            seconds[name] += time.perf_counter() - t0
-        done += n
-        log.info("%s timed %d/%d steps per side", algo, done, args.steps)
-    return {name: args.steps / s for name, s in seconds.items()}
+    warmup_s, sps = time_alternately(
+        sides,
+        warmup=args.warmup,
+        steps=args.steps,
+        chunk=args.chunk,
+        on_chunk=lambda done: log.info("%s timed %d/%d steps per side", algo, done, args.steps),
+    )
+    for name, seconds in warmup_s.items():
+        log.info("%s %-18s warm-up %.1fs", algo, name, seconds)
+    return sps
 
 
 def _status_kib(field: str) -> int:

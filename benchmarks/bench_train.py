@@ -34,7 +34,6 @@ import contextlib
 import json
 import logging
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -44,6 +43,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from baselines import BaselineBuffer, make_baseline  # noqa: E402
+from timing import time_alternately  # noqa: E402
 
 from seem_ray.algos import build_algorithm  # noqa: E402
 from seem_ray.config import AlgoConfig, ConfigError, NetConfig  # noqa: E402
@@ -191,22 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench_train: {err}", file=sys.stderr)
         return 2
 
-    warmup_s = {}
-    for name, run in sides.items():
-        t0 = time.perf_counter()
-        run(args.warmup)
-        warmup_s[name] = time.perf_counter() - t0
-    seconds = dict.fromkeys(sides, 0.0)
-    done = 0
-    while done < args.steps:
-        n = min(args.chunk, args.steps - done)
-        for name, run in sides.items():
-            t0 = time.perf_counter()
-            run(n)
-            seconds[name] += time.perf_counter() - t0
-        done += n
-
-    sps = {name: args.steps / s for name, s in seconds.items()}
+    warmup_s, sps = time_alternately(sides, warmup=args.warmup, steps=args.steps, chunk=args.chunk)
     result: dict[str, object] = {
         "algo": args.algo,
         "steps": args.steps,
