@@ -81,14 +81,9 @@ def ensure_run(args: argparse.Namespace, algo: str, norm: str, seed: int) -> Pat
     return folder
 
 
-def scores(folder: Path) -> list[tuple[int, float]]:
-    """(step, normalized score) of every evaluation the run recorded."""
-    out = []
-    for line in (folder / "metrics.jsonl").read_text().splitlines():
-        rec = json.loads(line)
-        if "normalized_score" in rec:
-            out.append((int(rec["step"]), float(rec["normalized_score"])))
-    return out
+def records(folder: Path) -> list[dict[str, float]]:
+    """The run's metric records, in step order (metrics.jsonl)."""
+    return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,17 +94,13 @@ def main(argv: list[str] | None = None) -> int:
             finals, drifts, q_max, seem_max = [], [], [], []
             for seed in range(args.seeds):
                 folder = ensure_run(args, algo, norm, seed)
-                curve = [s for _, s in scores(folder)]
+                recs = records(folder)
+                curve = [r["normalized_score"] for r in recs if "normalized_score" in r]
                 finals.append(float(np.mean(curve[-3:])))
                 drifts.append(float(np.mean(curve[-3:]) - np.mean(curve[-6:-3])))
                 summary = json.loads((folder / "summary.json").read_text())
                 q_max.append(float(summary["final_metrics"]["q_abs_max"]))
-                seem_max.append(
-                    max(
-                        json.loads(line).get("seem", 0.0)
-                        for line in (folder / "metrics.jsonl").read_text().splitlines()
-                    )
-                )
+                seem_max.append(max(r.get("seem", 0.0) for r in recs))
             rows.append(
                 {
                     "algo": algo,
