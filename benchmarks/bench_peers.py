@@ -311,8 +311,54 @@ def main(argv: list[str] | None = None) -> int:
             row["score_mean"] = {k: round(float(np.mean(v)), 1) for k, v in scores.items()}
         result["algos"][algo] = row
         log.info("%s: %s", algo, json.dumps(row))
+    print(format_table(result))
     print(json.dumps(result))
     return 0
+
+
+SIDE_TITLES = {
+    "d3rlpy": "d3rlpy",
+    "corl_style": "corl_style (CORL re-creation)",
+    "seem_ray": "seem_ray eager",
+    "seem_ray_compiled": "seem_ray algo.compile",
+}
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """The human-readable table (printed before the JSON line): one row per algorithm and side,
+    speed as steps/s and the ratio to d3rlpy measured in the same run, peak RSS, mean score."""
+    head = ["algo", "side", "steps/s", "vs d3rlpy", "peak RSS MiB (added)", "score (mean)"]
+    rows = []
+    for algo, row in result["algos"].items():
+        for side, sps in row["steps_per_s"].items():
+            rss = row.get("peak_rss_mib", {}).get(side)
+            score = row.get("score_mean", {}).get(side)
+            rows.append(
+                [
+                    algo,
+                    SIDE_TITLES.get(side, side),
+                    f"{sps:.1f}",
+                    f"{row['ratio_to_d3rlpy'][side]:.2f}x",
+                    f"{rss['total']:.0f} ({rss['added']:.0f})" if rss else "-",
+                    f"{score:.1f}" if score is not None else "-",
+                ]
+            )
+    score_steps = next(
+        (r["score_steps"] for r in result["algos"].values() if "score_steps" in r), 0
+    )
+    widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
+    line = "  ".join
+    out = [
+        f"{result['dataset']} ({result['transitions']} transitions), {result['steps']} timed "
+        f"steps per side, batch {result['batch']}, {result['threads']} thread(s), "
+        f"torch {result['torch']}, d3rlpy {result['d3rlpy']}"
+        + (f"; score: normalized, after {score_steps} steps, mean of seeds" if score_steps else ""),
+        line(h.ljust(w) for h, w in zip(head, widths, strict=True)),
+        line("-" * w for w in widths),
+        *(line(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows),
+        f"CORL: {result['corl']}",
+    ]
+    return "\n".join(out)
 
 
 if __name__ == "__main__":

@@ -82,3 +82,56 @@ def test_bad_arguments_exit_2_with_one_line(script: str, args: list[str], needle
     assert proc.returncode == 2
     assert needle in proc.stderr
     assert proc.stdout == ""
+
+
+def _bench_module(name: str):  # type: ignore[no-untyped-def]
+    import importlib.util
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_peers_table_has_a_row_per_side_with_the_ratio_rss_and_score() -> None:
+    # The table printed before the JSON line, from a result as main() builds it (d3rlpy itself is
+    # an optional extra, absent in CI: the table is a pure function of the result).
+    peers = _bench_module("bench_peers")
+    result = {
+        "dataset": "seem_ray/x-v0",
+        "transitions": 1000,
+        "steps": 500,
+        "batch": 256,
+        "threads": 1,
+        "torch": "2.13.0+cpu",
+        "d3rlpy": "2.8.1",
+        "corl": "not installable here",
+        "algos": {
+            "td3bc": {
+                "steps_per_s": {"d3rlpy": 50.0, "seem_ray": 110.0},
+                "ratio_to_d3rlpy": {"d3rlpy": 1.0, "seem_ray": 2.2},
+                "peak_rss_mib": {
+                    "d3rlpy": {"total": 514.8, "added": 96.4},
+                    "seem_ray": {"total": 511.1, "added": 92.8},
+                },
+                "score_steps": 3000,
+                "score_mean": {"d3rlpy": 38.6, "seem_ray": 39.5},
+            },
+            "iql": {
+                "steps_per_s": {"d3rlpy": 40.0, "seem_ray": 80.0},
+                "ratio_to_d3rlpy": {"d3rlpy": 1.0, "seem_ray": 2.0},
+            },
+        },
+    }
+    lines = peers.format_table(result).splitlines()
+    assert "after 3000 steps" in lines[0] and "seem_ray/x-v0" in lines[0]
+    rows = {tuple(line.split()[:2]): line for line in lines[3:-1]}
+    assert len(rows) == 4
+    td3_ours = rows[("td3bc", "seem_ray")]
+    assert "110.0" in td3_ours and "2.20x" in td3_ours and "511 (93)" in td3_ours
+    assert td3_ours.rstrip().endswith("39.5")
+    iql_ours = rows[("iql", "seem_ray")]
+    assert "2.00x" in iql_ours and iql_ours.rstrip().endswith("-")  # no RSS, no score: dashes
+    assert lines[-1] == "CORL: not installable here"
