@@ -303,6 +303,11 @@ class SeemConfig:
     diverger is seen before the first regular probe; 0 = no dense phase."""
     early_until: int = 2000
     """Last step of the dense early phase."""
+    startup_every: int = 0
+    """A denser cadence still for the first `startup_until` steps (0 = off): docs/calibration.md
+    measures what probes every 25 steps buy against the fastest divergers."""
+    startup_until: int = 400
+    """Last step of the startup phase."""
     probe_size: int = 512
     """Transitions in the fixed probe batch (the paper: 2560)."""
     head: int = 0
@@ -316,9 +321,17 @@ class SeemConfig:
         _require(self.every >= 1, "every", self.every, ">= 1")
         _require(self.early_every >= 0, "early_every", self.early_every, ">= 0 (0 = off)")
         _require(self.early_until >= 0, "early_until", self.early_until, ">= 0")
+        _require(self.startup_every >= 0, "startup_every", self.startup_every, ">= 0 (0 = off)")
+        _require(self.startup_until >= 0, "startup_until", self.startup_until, ">= 0")
         _require(2 <= self.probe_size <= 20000, "probe_size", self.probe_size, "2..20000")
         _require(self.head >= 0, "head", self.head, ">= 0")
         _choice("eig", self.eig, EIG_METHODS)
+
+    def dense_due(self, step: int) -> bool:
+        """A report + SEEM probe of the dense early phases falls on `step` (the one place that
+        decides it: the training loop, the external monitor and the calibration replay)."""
+        phases = ((self.startup_every, self.startup_until), (self.early_every, self.early_until))
+        return step > 0 and any(e and step <= until and step % e == 0 for e, until in phases)
 
 
 @dataclass(frozen=True)

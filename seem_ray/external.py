@@ -216,9 +216,7 @@ class CriticMonitor:
 
     def due(self, step: int) -> bool:
         """Whether `step` is a probe step at the shipped cadence (dense early, then every)."""
-        c = self.cadence
-        early = bool(c.early_every) and step <= c.early_until and step % c.early_every == 0
-        return step > 0 and (early or step % c.every == 0)
+        return step > 0 and (self.cadence.dense_due(step) or step % self.cadence.every == 0)
 
     def _next_act(self, dev: torch.device) -> torch.Tensor:
         if self.policy is None:

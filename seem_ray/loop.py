@@ -247,8 +247,7 @@ class TrainingRun:
         """A dense early report + SEEM probe is due (``seem.early_every`` up to ``early_until``):
         fast divergers cross the Q bound within the first few hundred steps, before the first
         regular probe."""
-        sc = self.cfg.seem
-        return bool(sc.early_every) and step <= sc.early_until and step % sc.early_every == 0
+        return self.cfg.seem.dense_due(step)
 
     def _due(self, every: int, *, regular: bool, final: bool) -> bool:
         """A cadence of ``every`` steps (0 = only at the end) falls on this report; cadences

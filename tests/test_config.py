@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from seem_ray.config import (
     ConfigError,
     RunConfig,
+    SeemConfig,
     SweepConfig,
     apply_overrides,
     flatten,
@@ -48,6 +49,7 @@ def test_defaults_round_trip_through_yaml() -> None:
         ({"algo": {"td3bc": {"bc_weight": -1}}}, "algo.td3bc.bc_weight", ">= 0"),
         ({"scaling": {"num_workers": 0}}, "scaling.num_workers", ">= 1"),
         ({"seem": {"head": 5}}, "seem.head", "algo.ensemble"),
+        ({"seem": {"startup_every": -1}}, "seem.startup_every", ">= 0"),
         ({"algo": {"gamma": float("nan")}}, "algo.gamma", "finite"),
     ],
 )
@@ -146,3 +148,13 @@ def test_loader_never_crashes_with_anything_but_config_error(
         assert "\n" not in str(err)
     else:
         assert isinstance(cfg, RunConfig)
+
+
+def test_dense_phases_cover_their_steps_then_hand_over() -> None:
+    sc = SeemConfig(
+        every=1000, startup_every=25, startup_until=100, early_every=100, early_until=400
+    )
+    naive = {s for s in range(1, 2001) if (s <= 100 and s % 25 == 0) or (s <= 400 and s % 100 == 0)}
+    assert {s for s in range(0, 2001) if sc.dense_due(s)} == naive
+    off = SeemConfig(startup_every=0, early_every=0)
+    assert not any(off.dense_due(s) for s in range(0, 3000))

@@ -85,6 +85,27 @@ def test_dense_early_phase_adds_reports_and_probes_but_no_checkpoints(isolated_e
     assert all("seem" in r.metrics for r in reports)
     assert [r.step for r in reports if r.checkpoint_due] == [50, 100]
 
+    # A startup phase denser still comes first; the early phase takes over after it.
+    startup = load_run_config(
+        None,
+        parse_set_expressions(
+            [
+                *TINY,
+                "train.steps=60",
+                "train.log_every=50",
+                "seem.every=50",
+                "seem.startup_every=4",
+                "seem.startup_until=12",
+                "seem.early_every=10",
+                "seem.early_until=30",
+            ]
+        ),
+    )
+    run = TrainingRun(startup, prepare_data(startup), torch.device("cpu"))
+    steps: list[int] = []
+    run.run(lambda _run, report: steps.append(report.step) or False)
+    assert steps == [4, 8, 10, 12, 20, 30, 50, 60]
+
     off = load_run_config(
         None,
         parse_set_expressions(
