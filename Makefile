@@ -51,10 +51,12 @@ bench-deps: bootstrap
 	@$(PY) -m pip install -q -e ".[dev,bench]" && $(PY) -m pip install -q --no-deps "d3rlpy==2.8.1"
 
 ## seem_ray beside d3rlpy and the CORL-style baseline: steps/s, peak RSS, score over 3 seeds.
+## Another local dataset: make bench-peers PEERS_DATASET=hopper-medium-replay
+PEERS_DATASET ?= pointmaze-umaze-dense
 bench-peers: bench-deps
-	@$(PY) -m seem_ray.cli datasets info seem_ray/pointmaze-umaze-dense-v0 >/dev/null 2>&1 \
-	  || $(PY) -m seem_ray.cli datasets make pointmaze-umaze-dense
-	@$(PY) benchmarks/bench_peers.py --json
+	@$(PY) -m seem_ray.cli datasets info seem_ray/$(PEERS_DATASET)-v0 >/dev/null 2>&1 \
+	  || $(PY) -m seem_ray.cli datasets make $(PEERS_DATASET)
+	@$(PY) benchmarks/bench_peers.py --dataset seem_ray/$(PEERS_DATASET)-v0 --json
 
 calibrate: bootstrap
 	@$(PY) benchmarks/calibrate.py

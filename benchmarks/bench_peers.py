@@ -277,6 +277,9 @@ def main(argv: list[str] | None = None) -> int:
         print("bench_peers: d3rlpy is not installed; run `make bench-deps` first", file=sys.stderr)
         return 2
     logging.getLogger("d3rlpy").setLevel(logging.WARNING)
+    import structlog  # d3rlpy's logger: its per-dataset info lines would bury the table on stdout
+
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     if args.only:
         return only_side(args)
     try:
@@ -347,7 +350,10 @@ def format_table(result: dict[str, Any]) -> str:
         (r["score_steps"] for r in result["algos"].values() if "score_steps" in r), 0
     )
     widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
-    line = "  ".join
+
+    def line(cells: Any) -> str:
+        return "  ".join(cells).rstrip()
+
     out = [
         f"{result['dataset']} ({result['transitions']} transitions), {result['steps']} timed "
         f"steps per side, batch {result['batch']}, {result['threads']} thread(s), "
