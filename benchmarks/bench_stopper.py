@@ -129,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default=str(ROOT / "tune_configs" / "mixed.yaml"))
     p.add_argument("--steps", type=int, default=0, help="override the per-trial budget")
+    p.add_argument("--seed", type=int, default=None, help="override base train.seed (fresh trials)")
     p.add_argument("--live", action="store_true", help="also run the sweep with the SEEM stopper")
     p.add_argument(
         "--from-sweep", default=None, help="replay this recorded no-stopper sweep folder"
@@ -161,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     overrides: dict[str, Any] = {"name": f"bench_stopper_{stamp}", "base.stopper.kind": "none"}
     if args.steps:
         overrides["base.train.steps"] = args.steps
+    if args.seed is not None:
+        overrides["base.train.seed"] = args.seed
     sweep = load_sweep_config(args.config, overrides)
     started = time.time()
     if args.from_sweep:

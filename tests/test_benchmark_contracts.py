@@ -75,6 +75,7 @@ def test_bench_seem_prints_seconds_and_seem() -> None:
         ("bench_train.py", ["--hidden", "a,b"], "--hidden"),
         ("bench_train.py", ["--algo", "cql", "--compile"], "algo.compile"),
         ("bench_stopper.py", ["--replay-every", "-1"], "--replay-every"),
+        ("bench_seem_share.py", ["--steps", "0"], "--steps"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(script: str, args: list[str], needle: str) -> None:

@@ -145,8 +145,9 @@ def test_due_follows_the_shipped_cadence() -> None:
     obs, act, nxt, _ = _arrays()
     monitor = CriticMonitor(Twin(), Probe.from_arrays(obs, act, nxt), 0.99, q_bound=1.0)
     due = [s for s in range(1, 5001) if monitor.due(s)]
-    assert due[:3] == [100, 200, 300]
-    assert 2000 in due and 2100 not in due and 3000 in due and 5000 in due
+    assert due[:3] == [25, 50, 75]  # the startup phase, then every 200 to step 2000
+    assert 400 in due and 425 not in due and 600 in due and 700 not in due
+    assert 2000 in due and 2200 not in due and 3000 in due and 5000 in due
 
 
 def test_stopper_settings_reach_the_predictor() -> None:
