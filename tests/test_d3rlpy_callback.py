@@ -8,6 +8,7 @@ import torch
 
 d3rlpy = pytest.importorskip("d3rlpy", reason="d3rlpy not installed (make bench-deps)")
 
+from seem_ray.config import SeemConfig  # noqa: E402
 from seem_ray.external import FirstHead  # noqa: E402
 from seem_ray.integrations.d3rlpy_callback import (  # noqa: E402
     SeemCallback,
@@ -63,9 +64,12 @@ def test_callback_logs_seem_to_mlflow_and_matches_compute_seem(tmp_path, quiet) 
     callback = SeemCallback(probe_from_d3rlpy(ds, size=128))
     with mlflow.start_run() as run:
         checks, stopped = fit_with_seem(algo, ds, 200, callback=callback, **quiet)
-    assert stopped is None and [c.step for c in checks] == [100, 200]
+    assert callback.monitor is not None
+    due = [s for s in range(1, 201) if callback.monitor.due(s)]  # the shipped cadence
+    assert due[0] == SeemConfig().startup_every and due[-1] == 200
+    assert stopped is None and [c.step for c in checks] == due
     history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "seem/seem")
-    assert [m.step for m in history] == [100, 200]
+    assert [m.step for m in history] == due
     assert history[-1].value == pytest.approx(checks[-1].seem)
     # The same SEEM, computed directly on d3rlpy's first Q head and policy after training.
     probe = callback.probe
@@ -82,7 +86,8 @@ def test_verdict_ends_fit_early(quiet) -> None:
     algo = _small(d3rlpy.algos.IQLConfig)
     callback = SeemCallback(probe_from_d3rlpy(ds, size=64), q_bound=1e-4, log_to_mlflow=False)
     checks, stopped = fit_with_seem(algo, ds, 1000, callback=callback, **quiet)
-    assert stopped is not None and stopped.step == 100 and stopped.verdict.reason == "q_bound"
+    first = SeemConfig().startup_every  # the first probe of the shipped cadence
+    assert stopped is not None and stopped.step == first and stopped.verdict.reason == "q_bound"
     assert len(checks) == 1
 
 
@@ -125,7 +130,7 @@ def test_readme_example_stops_on_its_verdict(isolated_env) -> None:
     cmd += ["--mlflow", f"sqlite:///{isolated_env / 'mlflow.db'}"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert "stopped at step 100: q_bound" in out.stdout
+    assert f"stopped at step {SeemConfig().startup_every}: q_bound" in out.stdout
     assert (isolated_env / "mlflow.db").exists()
     bad = subprocess.run(
         [sys.executable, str(example), "--dataset", "nope/none-v0"],
