@@ -13,8 +13,9 @@ system-deps:
 	@bash scripts/system_deps.sh
 
 ## The main job: the embedded demo sweep (local PointMaze dataset, SEEM stopper, MLflow).
+## Each run is a new sweep (runs/sweeps/demo-<time>), so `make demo` can be run again.
 demo: bootstrap
-	@$(PY) -m seem_ray.cli sweep --quiet
+	@$(PY) -m seem_ray.cli sweep --quiet --name demo-$$(date +%Y%m%d-%H%M%S)
 
 ## Lint, format check, type check, then the whole suite (unit + Ray integration + fault tests).
 test: bootstrap system-deps

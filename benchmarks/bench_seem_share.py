@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
                 result = run_local(cfg, Path(tmp) / f"{rep}-{name.replace(' ', '_')}")
                 shares[name].append(result.seem_share)
                 print(
-                    f"{name:18s} repeat {rep}: {100 * result.seem_share:.2f}% of "
+                    f"{name:38s} repeat {rep}: {100 * result.seem_share:.2f}% of "
                     f"{result.wall_seconds:.1f} s, {probes[name]} probes",
                     file=sys.stderr,
                 )
