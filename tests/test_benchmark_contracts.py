@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from bench_module import bench_module
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -85,21 +86,10 @@ def test_bad_arguments_exit_2_with_one_line(script: str, args: list[str], needle
     assert proc.stdout == ""
 
 
-def _bench_module(name: str):  # type: ignore[no-untyped-def]
-    import importlib.util
-
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_bench_peers_table_has_a_row_per_side_with_the_ratio_rss_and_score() -> None:
     # The table printed before the JSON line, from a result as main() builds it (d3rlpy itself is
     # an optional extra, absent in CI: the table is a pure function of the result).
-    peers = _bench_module("bench_peers")
+    peers = bench_module("bench_peers")
     result = {
         "dataset": "seem_ray/x-v0",
         "transitions": 1000,
