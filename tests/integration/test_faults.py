@@ -452,7 +452,8 @@ def test_truncated_latest_checkpoint_falls_back_then_fails_clearly_when_none_is_
     )
     result = trainer.fit()
     steps = [int(s) for s in steps_file.read_text().split()]
-    assert steps == list(range(older_step + 50, 301, 50)), steps
+    reported = [s for s in range(older_step + 1, 301) if s % 50 == 0 or longer.seem.dense_due(s)]
+    assert steps == reported, steps  # every report after the fallback checkpoint, none before
     assert int(result.metrics["step"]) == 300
 
     # No good checkpoint left: one clear line naming the corrupt checkpoint, no traceback.
