@@ -16,6 +16,7 @@ TINY = [
     "--set", "actor.hidden=[16, 16]",
     "--set", "seem.every=20",
     "--set", "seem.probe_size=16",
+    "--set", "seem.startup_every=0",
     "--set", "train.steps=60",
     "--set", "train.log_every=20",
     "--set", "train.checkpoint_every=20",

@@ -519,7 +519,7 @@ def _tiny_study_yaml(path: Path, trials: int) -> Path:
     base["algo"]["batch_size"] = 32
     base["critic"]["hidden"] = [16, 16]
     base["actor"]["hidden"] = [16, 16]
-    base["seem"] = {"every": 50, "probe_size": 32}
+    base["seem"] = {"every": 50, "probe_size": 32, "startup_every": 0}  # reports at 50, 100
     base["train"] = {
         "steps": 100,
         "log_every": 50,
