@@ -305,8 +305,8 @@ class SeemConfig:
     """Last step of the dense early phase."""
     startup_every: int = 25
     """A denser cadence still for the first `startup_until` steps (0 = off): the fastest
-    divergers cross the bound within ~250 steps, and probes every 25 steps see them up to 4x
-    earlier (docs/calibration.md); 32 probes in a 10k-step run in all."""
+    divergers cross the bound at step 150-425, and probes every 25 steps flag them at step
+    75-100 (docs/calibration.md); 32 probes in a 10k-step run in all."""
     startup_until: int = 400
     """Last step of the startup phase."""
     probe_size: int = 512

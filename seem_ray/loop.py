@@ -244,9 +244,9 @@ class TrainingRun:
 
     # ---------------------------------------------------------------- the loop
     def _in_early_phase(self, step: int) -> bool:
-        """A dense early report + SEEM probe is due (``seem.early_every`` up to ``early_until``):
-        fast divergers cross the Q bound within the first few hundred steps, before the first
-        regular probe."""
+        """A dense early report + SEEM probe is due (``SeemConfig.dense_due``: the startup and
+        early phases): fast divergers cross the Q bound within the first few hundred steps,
+        before the first regular probe."""
         return self.cfg.seem.dense_due(step)
 
     def _due(self, every: int, *, regular: bool, final: bool) -> bool:
