@@ -71,9 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             for name, over in CADENCES.items():
                 cfg = parse_run_config({}, {**BASE, **over, "train.steps": args.steps})
                 sc = cfg.seem
-                probes[name] = sum(
-                    1 for s in range(1, args.steps + 1) if sc.dense_due(s) or s % sc.every == 0
-                )
+                probes[name] = sum(map(sc.probe_due, range(1, args.steps + 1)))
                 result = run_local(cfg, Path(tmp) / f"{rep}-{name.replace(' ', '_')}")
                 shares[name].append(result.seem_share)
                 print(

@@ -378,7 +378,7 @@ def first_flag(
 
 def first_probe_step(sc: SeemConfig) -> int:
     """The first step a run at cadence ``sc`` reports Q and SEEM."""
-    return next(s for s in range(1, sc.every + 1) if sc.dense_due(s) or s % sc.every == 0)
+    return next(s for s in range(1, sc.every + 1) if sc.probe_due(s))
 
 
 Candidate = tuple[Callable[[float], Predictor | None], SeemConfig]
@@ -436,7 +436,7 @@ def score(runs: list[Mapping[str, Any]], candidate: Candidate) -> dict[str, Any]
 def probes_in(sc: SeemConfig, steps: int) -> int:
     """SEEM probes a run of ``steps`` steps makes at cadence ``sc`` (its cost: ~0.06 s each at
     probe 512 on this CPU, benchmarks/bench_seem_share.py)."""
-    return sum(1 for s in range(1, steps + 1) if sc.dense_due(s) or s % sc.every == 0)
+    return sum(1 for s in range(1, steps + 1) if sc.probe_due(s))
 
 
 BASELINE = "q_bound (baseline)"

@@ -334,6 +334,10 @@ class SeemConfig:
         phases = ((self.startup_every, self.startup_until), (self.early_every, self.early_until))
         return step > 0 and any(e and step <= until and step % e == 0 for e, until in phases)
 
+    def probe_due(self, step: int) -> bool:
+        """A SEEM probe falls on `step` at this cadence: a dense phase's, or every `every`."""
+        return step > 0 and (self.dense_due(step) or step % self.every == 0)
+
 
 @dataclass(frozen=True)
 class TrainConfig:

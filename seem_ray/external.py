@@ -216,7 +216,7 @@ class CriticMonitor:
 
     def due(self, step: int) -> bool:
         """Whether `step` is a probe step at the shipped cadence (dense early, then every)."""
-        return step > 0 and (self.cadence.dense_due(step) or step % self.cadence.every == 0)
+        return self.cadence.probe_due(step)
 
     def _next_act(self, dev: torch.device) -> torch.Tensor:
         if self.policy is None:

@@ -158,3 +158,5 @@ def test_dense_phases_cover_their_steps_then_hand_over() -> None:
     assert {s for s in range(0, 2001) if sc.dense_due(s)} == naive
     off = SeemConfig(startup_every=0, early_every=0)
     assert not any(off.dense_due(s) for s in range(0, 3000))
+    probes = [s for s in range(0, 3001) if sc.probe_due(s)]
+    assert probes == sorted(naive | {1000, 2000, 3000}) and not sc.probe_due(0)
