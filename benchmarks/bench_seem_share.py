@@ -70,8 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         for rep in range(args.repeats):
             for name, over in CADENCES.items():
                 cfg = parse_run_config({}, {**BASE, **over, "train.steps": args.steps})
-                sc = cfg.seem
-                probes[name] = sum(map(sc.probe_due, range(1, args.steps + 1)))
+                probes[name] = cfg.seem.probes_in(args.steps)
                 result = run_local(cfg, Path(tmp) / f"{rep}-{name.replace(' ', '_')}")
                 shares[name].append(result.seem_share)
                 print(

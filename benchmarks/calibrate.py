@@ -164,8 +164,14 @@ def load_history(run_dir: Path) -> tuple[list[dict[str, float]], float]:
     return hist, float(summary["q_bound"])
 
 
-def run_one(spec: dict[str, Any], out_root: str, steps: int | None = None) -> str:
-    """Train one calibration run (or extend a cached one to ``steps``); returns its name."""
+def run_one(
+    spec: dict[str, Any],
+    out_root: str,
+    steps: int | None = None,
+    record: Mapping[str, Any] = RECORD,
+) -> str:
+    """Train one calibration run at cadence ``record`` (or extend a cached one to ``steps``);
+    returns its name."""
     import torch
 
     torch.set_num_threads(1)
@@ -176,7 +182,7 @@ def run_one(spec: dict[str, Any], out_root: str, steps: int | None = None) -> st
     overrides = dict(spec["overrides"])
     if steps is not None:
         overrides["train.steps"] = steps
-    cfg = parse_run_config(RECORD, overrides)
+    cfg = parse_run_config(record, overrides)
     resume = False
     if (run_dir / "summary.json").exists():
         history, bound = load_history(run_dir)
@@ -193,23 +199,8 @@ def run_one(spec: dict[str, Any], out_root: str, steps: int | None = None) -> st
 
 def record_early(spec: dict[str, Any], out_root: str) -> str:
     """Re-train one run's first EARLY_UNTIL steps (or up to its crossing) at RECORD_EARLY."""
-    import torch
-
-    torch.set_num_threads(1)
-    from seem_ray.config import parse_run_config
-    from seem_ray.runner import run_local
-
-    run_dir = Path(out_root) / spec["name"]
-    overrides = dict(spec["overrides"])
-    overrides["train.steps"] = min(EARLY_UNTIL, int(overrides["train.steps"]))
-    if (run_dir / "summary.json").exists():
-        return spec["name"]
-    if run_dir.exists():
-        import shutil
-
-        shutil.rmtree(run_dir)
-    run_local(parse_run_config(RECORD_EARLY, overrides), run_dir)
-    return spec["name"]
+    steps = min(EARLY_UNTIL, int(spec["overrides"]["train.steps"]))
+    return run_one(spec, out_root, steps, RECORD_EARLY)
 
 
 def merged_records(run: Mapping[str, Any]) -> list[dict[str, float]]:
@@ -429,14 +420,8 @@ def score(runs: list[Mapping[str, Any]], candidate: Candidate) -> dict[str, Any]
     slow = sorted(s.pop("slow_leads"))
     s["median_lead_slow_x"] = statistics.median(slow) if slow else None
     s["n_slow"] = len(slow)
-    s["probes_10k"] = probes_in(cadence, 10_000)
+    s["probes_10k"] = cadence.probes_in(10_000)
     return {"summary": s, "per_run": per_run}
-
-
-def probes_in(sc: SeemConfig, steps: int) -> int:
-    """SEEM probes a run of ``steps`` steps makes at cadence ``sc`` (its cost: ~0.06 s each at
-    probe 512 on this CPU, benchmarks/bench_seem_share.py)."""
-    return sum(1 for s in range(1, steps + 1) if sc.probe_due(s))
 
 
 BASELINE = "q_bound (baseline)"
@@ -537,12 +522,14 @@ def search(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     # Two safeguards, each clean on its own: the SEEM threshold must lie above every SEEM value
     # a calibration stable run ever showed, so no healthy run relies on the growth test alone
     # (11 stable runs cannot separate settings on false alarms: nearly all have none).
+    merged = {run["name"]: merged_records(run) for run in runs}
+    truth = {run["name"]: outcome(merged[run["name"]], run["q_bound"]) for run in runs}
     stable_seem = max(
         (
             r[M.SEEM]
-            for run in runs
-            if outcome(merged_records(run), run["q_bound"])[0] == "stable"
-            for r in merged_records(run)
+            for name, (label, _) in truth.items()
+            if label == "stable"
+            for r in merged[name]
             if _num(r.get(M.SEEM))
         ),
         default=-math.inf,
@@ -550,7 +537,7 @@ def search(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ranked = []
     for cadence_name, cadence in CADENCES.items():
         sc = SeemConfig(**cadence)
-        if probes_in(sc, 10_000) > MAX_PROBES_10K:
+        if sc.probes_in(10_000) > MAX_PROBES_10K:
             continue
         for values in itertools.product(*(SEARCH[k] for k in keys)):
             rule = dict(zip(keys, values, strict=True))
@@ -562,9 +549,8 @@ def search(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             if s["caught"] < s["diverged"] or s["false_alarms"]:
                 continue
             leads = []
-            for run in runs:
-                label, crossing = outcome(merged_records(run), run["q_bound"])
-                flag = per_run[run["name"]][0]
+            for name, (label, crossing) in truth.items():
+                flag = per_run[name][0]
                 if label == "diverged" and crossing and flag:
                     leads.append(crossing / flag)
             geo = math.exp(statistics.fmean(math.log(x) for x in leads)) if leads else 0.0

@@ -338,6 +338,11 @@ class SeemConfig:
         """A SEEM probe falls on `step` at this cadence: a dense phase's, or every `every`."""
         return step > 0 and (self.dense_due(step) or step % self.every == 0)
 
+    def probes_in(self, steps: int) -> int:
+        """Probes a run of `steps` steps makes at this cadence (its SEEM cost: ~0.06 s each at
+        probe 512 on a 2-core CPU, benchmarks/bench_seem_share.py)."""
+        return sum(map(self.probe_due, range(1, steps + 1)))
+
 
 @dataclass(frozen=True)
 class TrainConfig:

@@ -55,7 +55,7 @@ def test_shipped_cadence_keeps_what_a_run_at_that_cadence_would_record() -> None
     assert with_seem == naive  # the last record (3000) is also a regular probe
     assert [int(r[M.STEP]) for r in kept if M.SEEM not in r] == [500, 1500, 2500]  # Q only
     assert C.first_probe_step(sc) == 25
-    assert C.probes_in(sc, 3000) == len(naive)
+    assert sc.probes_in(3000) == len(naive)
 
 
 def test_search_admits_only_thresholds_above_every_stable_seem_and_ranks_by_lead() -> None:
