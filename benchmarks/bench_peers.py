@@ -15,10 +15,11 @@ of ``--chunk`` steps, so load from other processes hits all alike:
 - ``seem_ray`` eager and ``seem_ray_compiled`` (``algo.compile``).
 
 Peak RSS: each side alone in a fresh subprocess (``--only SIDE``): the high-water mark (VmHWM)
-after its warm-up and measured steps, and the part the side adds over the imports and dataset. Learning: ``--score-steps`` steps per seed for d3rlpy and seem_ray eager, then
-the normalized score of the deterministic policy over ``--eval-episodes`` episodes (the same
-evaluation code for both), ``--seeds`` seeds. The JSON summary is the LAST stdout line; figures
-are ratios against d3rlpy measured in the same run.
+after its warm-up and measured steps, and the part the side adds over the imports and dataset.
+Learning: ``--score-steps`` steps per seed for d3rlpy and seem_ray eager, then the normalized
+score of the deterministic policy over ``--eval-episodes`` episodes (the same evaluation code
+for both), ``--seeds`` seeds. A readable table is printed first; the JSON summary is the LAST
+stdout line; figures are ratios against d3rlpy measured in the same run.
 
 Needs the optional peer: ``make bench-deps`` (d3rlpy installed --no-deps: its wheel pins
 gymnasium 1.0, seem_ray runs 1.4; the parts of d3rlpy used here do not touch gymnasium).
