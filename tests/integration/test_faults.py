@@ -107,10 +107,27 @@ def stop_ray_processes(ray_tmp: str, pgids: set[int]) -> list[int]:
 
 # ----------------------------------------------------------------------------- MLflow helpers
 def _sweep_runs(db: Path, sweep: str) -> list[dict]:
-    """This sweep's MLflow runs straight from the sqlite store (read-only, safe while written)."""
+    """This sweep's MLflow runs straight from the sqlite store (read-only, safe while written).
+
+    A driver SIGKILLed inside a write leaves a hot journal, which a read-only connection cannot
+    roll back (SQLITE_READONLY_ROLLBACK): then the store is read read-write, which rolls the dead
+    writer's half-done transaction back exactly as MLflow's own next open of the store would."""
     if not db.exists():
         return []
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+    try:
+        return _query_sweep_runs(db, sweep, read_only=True)
+    except sqlite3.OperationalError as err:
+        if getattr(err, "sqlite_errorname", "") != "SQLITE_READONLY_ROLLBACK":
+            return []  # tables not created yet, or locked for a moment: the callers poll
+    try:
+        return _query_sweep_runs(db, sweep, read_only=False)
+    except sqlite3.OperationalError:
+        return []
+
+
+def _query_sweep_runs(db: Path, sweep: str, read_only: bool) -> list[dict]:
+    uri = f"file:{db}?mode=ro" if read_only else f"file:{db}"
+    con = sqlite3.connect(uri, uri=True, timeout=5)
     try:
         rows = con.execute(
             "SELECT r.run_uuid, r.status, r.start_time, r.end_time FROM runs r "
@@ -136,8 +153,6 @@ def _sweep_runs(db: Path, sweep: str) -> list[dict]:
                 }
             )
         return out
-    except sqlite3.OperationalError:  # tables not created yet, or locked for a moment
-        return []
     finally:
         con.close()
 
