@@ -76,3 +76,34 @@ def test_search_admits_only_thresholds_above_every_stable_seem_and_ranks_by_lead
     assert all(r["probes_10k"] <= C.MAX_PROBES_10K for r in ranked)
     leads = [r["geo_lead_x"] for r in ranked]
     assert leads == sorted(leads, reverse=True) and leads[0] > 1.0
+
+
+def test_fresh_grid_is_new_runs_on_the_held_out_environments_only() -> None:
+    main = C.grid(10, 30000)
+    fresh = C.grid(10, 30000, fresh=True)
+    assert len(fresh) == 10 * len(C.HELD_OUT_ENVS)
+    assert {r["env"] for r in fresh} == set(C.HELD_OUT_ENVS)
+    assert {r["split"] for r in fresh} == {"fresh"}
+    assert not {r["name"] for r in fresh} & {r["name"] for r in main}
+    used = {r["overrides"]["train.seed"] for r in main}
+    assert not {r["overrides"]["train.seed"] for r in fresh} & used  # new trajectories
+    assert C.grid(10, 30000, fresh=True) == fresh  # the draw is fixed: a rerun only scores
+
+
+def test_fresh_runs_are_scored_and_reported_beside_the_held_out_table() -> None:
+    bound = 100.0
+    diverger = [_rec(s, (s / 100) ** 2, seem=0.6) for s in range(25, 2001, 25)]
+    stable = [_rec(s, 5 * (1 - math.exp(-s / 300)), seem=0.0) for s in range(25, 30001, 25)]
+    runs = [
+        {"name": n, "env": "walker2d", "split": "fresh", "algo": "td3", "records": r,
+         "q_bound": bound}
+        for n, r in (("fresh_d", diverger), ("fresh_s", stable))
+    ]  # fmt: skip
+    fresh = C.analyse_fresh(runs)
+    default = fresh["table"][C.DEFAULT]
+    assert (default["caught"], default["diverged"]) == (1, 1)
+    assert (default["false_alarms"], default["stable"]) == (0, 1)
+    assert [r["outcome"] for r in fresh["runs"]] == ["diverged", "stable"]
+    text = "\n".join(C._fresh_lines(fresh))
+    assert "out of sample" in text and "1 diverged, 1 stable, 0 ambiguous" in text
+    assert C._fresh_lines(None) == []
