@@ -896,6 +896,17 @@ NOTES: list[str] = [
     "of the three held-out ones. One calibration run and one held-out run that were ambiguous "
     "at 30k crossed the bound in their extension (at 46,250 and 39,250): both are flagged at "
     "step 800.",
+    "- **Fresh held-out grid (session 12, out of sample).** 20 new runs on HalfCheetah and "
+    "Walker2d (seeds 10-12, a new draw of the design), trained after the defaults were fixed and "
+    "scored once: 7/7 divergers caught, 0/12 false alarms, 0/1 ambiguous flagged, none late; "
+    "median lead 2.2x (min 1.0x), 2.9x on the four crossing after step 1,000. So the held-out "
+    "figures above carry over (no false alarm on either held-out set), and so does the shortfall: "
+    "the >= 4x median is not met out of sample either. Three of the seven cross at step 150-225 "
+    "and are flagged at 50-100; one (HalfCheetah random, 1k transitions, gamma 0.95, hard target "
+    "updates) never shows SEEM above 0.09 and is caught only by the Q bound at 1,625. Two fresh "
+    "stable critics reached SEEM 0.28 and 0.47 (a Walker2d TD3 without norm, a Walker2d IQL "
+    "LayerNorm critic) with bounded values: the growth confirmation is what keeps them running "
+    "(bare SEEM > 0.3 false-alarms on 1 of the 12, bare SEEM > 0.05 x3 on 3).",
     "- Limits: 40 runs, one per factor combination (seeds 0-2 spread over the design, not "
     "repeated per setting); CQL runs are 5k steps; gamma above 0.99 and nets other than "
     "256-256 are not in the grid (the mixed Tune sweep in docs/benchmarks.md covers gamma "
