@@ -397,9 +397,35 @@ Candidate = tuple[Callable[[float], Predictor | None], SeemConfig]
 """A predictor factory (q_bound -> predictor) and the probe cadence it is replayed at."""
 
 
+def replay(runs: list[Mapping[str, Any]], sc: SeemConfig) -> list[dict[str, Any]]:
+    """Each run's ground truth and the records a run at cadence ``sc`` would have produced:
+    worked out once per cadence, so scoring one more rule only replays its predictor."""
+    out = []
+    for run in runs:
+        records = merged_records(run)
+        label, crossing = outcome(records, run["q_bound"])
+        out.append(
+            {
+                "name": run["name"],
+                "q_bound": run["q_bound"],
+                "label": label,
+                "crossing": crossing,
+                "stream": shipped_cadence(records, sc),
+            }
+        )
+    return out
+
+
 def score(runs: list[Mapping[str, Any]], candidate: Candidate) -> dict[str, Any]:
     """One predictor over runs: caught/diverged, false alarms/stable, ambiguous flagged, leads."""
     make, cadence = candidate
+    return score_replayed(replay(runs, cadence), make, cadence.probes_in(10_000))
+
+
+def score_replayed(
+    replayed: list[Mapping[str, Any]], make: Callable[[float], Predictor | None], probes_10k: int
+) -> dict[str, Any]:
+    """`score` on runs already replayed at the candidate's cadence (``probes_10k``: its cost)."""
     first_probe = first_probe_step(SeemConfig())  # the shipped one: the same runs for every cadence
     first_regular = SeemConfig().every  # after the dense early phase's cadence
     s: dict[str, Any] = {
@@ -414,10 +440,9 @@ def score(runs: list[Mapping[str, Any]], candidate: Candidate) -> dict[str, Any]
         "slow_leads": [],
     }
     per_run = {}
-    for run in runs:
-        records = merged_records(run)
-        label, crossing = outcome(records, run["q_bound"])
-        flag, reason = first_flag(make, shipped_cadence(records, cadence), run["q_bound"])
+    for run in replayed:
+        label, crossing = run["label"], run["crossing"]
+        flag, reason = first_flag(make, run["stream"], run["q_bound"])
         per_run[run["name"]] = (flag, reason)
         if label == "diverged":
             s["diverged"] += 1
@@ -441,7 +466,7 @@ def score(runs: list[Mapping[str, Any]], candidate: Candidate) -> dict[str, Any]
     slow = sorted(s.pop("slow_leads"))
     s["median_lead_slow_x"] = statistics.median(slow) if slow else None
     s["n_slow"] = len(slow)
-    s["probes_10k"] = cadence.probes_in(10_000)
+    s["probes_10k"] = probes_10k
     return {"summary": s, "per_run": per_run}
 
 
@@ -558,14 +583,18 @@ def search(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ranked = []
     for cadence_name, cadence in CADENCES.items():
         sc = SeemConfig(**cadence)
-        if sc.probes_in(10_000) > MAX_PROBES_10K:
+        probes = sc.probes_in(10_000)
+        if probes > MAX_PROBES_10K:
             continue
+        replayed = replay(runs, sc)
         for values in itertools.product(*(SEARCH[k] for k in keys)):
             rule = dict(zip(keys, values, strict=True))
             if rule["seem_threshold"] <= stable_seem:
                 continue
             settings = StopperConfig(**rule)
-            result = score(runs, ((lambda b, st=settings: build_predictor(st, b)), sc))
+            result = score_replayed(
+                replayed, (lambda b, st=settings: build_predictor(st, b)), probes
+            )
             s, per_run = result["summary"], result["per_run"]
             if s["caught"] < s["diverged"] or s["false_alarms"]:
                 continue
