@@ -61,6 +61,7 @@ bench-peers: bench-deps
 
 calibrate: bootstrap
 	@$(PY) benchmarks/calibrate.py
+	@$(PY) benchmarks/separability.py
 
 results: bootstrap
 	@$(PY) -m experiments.run_all

@@ -936,6 +936,13 @@ NOTES: list[str] = [
     "stable critics reached SEEM 0.28 and 0.47 (a Walker2d TD3 without norm, a Walker2d IQL "
     "LayerNorm critic) with bounded values: the growth confirmation is what keeps them running "
     "(bare SEEM > 0.3 false-alarms on 1 of the 12, bare SEEM > 0.05 x3 on 3).",
+    "- **Is 4x reachable at all?** docs/separability.md (`benchmarks/separability.py`, session "
+    "13) asks it of the whole family of per-step thresholds on SEEM, Q and the weight norm: fit "
+    "on a set's own stable runs they reach a median lead of 4.8x on the first held-out set (the "
+    "ceiling there), and every SEEM envelope learned on the calibration split false-alarms on 2/9 "
+    "held-out and 3/12 fresh stable runs, at margins up to 3x (pooling the held-out set's stable "
+    "runs in, only margin 3 clears the fresh set, at 2.2x); the sign- and scale-free Q and weight "
+    "features transfer without false alarms but lead by 1.2-2.2x.",
     "- Limits: 40 runs, one per factor combination (seeds 0-2 spread over the design, not "
     "repeated per setting); CQL runs are 5k steps; gamma above 0.99 and nets other than "
     "256-256 are not in the grid (the mixed Tune sweep in docs/benchmarks.md covers gamma "
