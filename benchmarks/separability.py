@@ -42,6 +42,8 @@ Features = list[tuple[int, dict[str, float]]]
 """One run's records as (step, {feature: value}), in step order."""
 
 FEATURES = ("seem", "q_abs_max/bound", "q_drift/bound", "weight_norm/first")
+NEUTRAL = {"weight_norm/first": 1.0}
+"""A feature's value when nothing happens (0 unless listed): the margin scales the distance."""
 MARGINS = (1.0, 1.5, 2.0, 3.0)
 
 
@@ -106,13 +108,13 @@ def first_exceed(
     feats: Features, env: Envelope, keys: Iterable[str], margin: float = 1.0
 ) -> tuple[int, str] | None:
     """(step, feature) of the first record where a feature lies above margin x the envelope
-    (margin scales the distance from 0 for SEEM and drift, from 1 for the weight-norm ratio)."""
+    (margin scales the distance from the feature's NEUTRAL value)."""
     keys = list(keys)
     for step, f in feats:
         for k in keys:
             if k not in f:
                 continue
-            base = 1.0 if k == "weight_norm/first" else 0.0
+            base = NEUTRAL.get(k, 0.0)
             t = threshold(env, k, step)
             if f[k] > base + margin * (t - base):
                 return step, k
