@@ -47,10 +47,6 @@ NEUTRAL = {"weight_norm/first": 1.0}
 MARGINS = (1.0, 1.5, 2.0, 3.0)
 
 
-def _finite(x: Any) -> bool:
-    return isinstance(x, float) and math.isfinite(x)
-
-
 def features(records: Iterable[Mapping[str, float]], bound: float) -> Features:
     """Each record's features; a value the record lacks (no SEEM on a Q-only record) is absent.
     Q enters relative to the return bound and to its own first report, so neither the reward
@@ -60,17 +56,17 @@ def features(records: Iterable[Mapping[str, float]], bound: float) -> Features:
     for r in records:
         f: dict[str, float] = {}
         q, w = r.get(M.Q_MEAN), r.get(M.CRITIC_WEIGHT_NORM)
-        if q0 is None and _finite(q):
+        if q0 is None and C._num(q):
             q0 = q
-        if w0 is None and _finite(w) and w:
+        if w0 is None and C._num(w) and w:
             w0 = w
-        if _finite(r.get(M.SEEM)):
+        if C._num(r.get(M.SEEM)):
             f["seem"] = r[M.SEEM]
-        if _finite(r.get(M.Q_ABS_MAX)):
+        if C._num(r.get(M.Q_ABS_MAX)):
             f["q_abs_max/bound"] = r[M.Q_ABS_MAX] / bound
-        if _finite(q) and q0 is not None:
+        if C._num(q) and q0 is not None:
             f["q_drift/bound"] = abs(q - q0) / bound
-        if _finite(w) and w0:
+        if C._num(w) and w0:
             f["weight_norm/first"] = w / w0
         out.append((int(r[M.STEP]), f))
     return out
@@ -121,11 +117,11 @@ def first_exceed(
     return None
 
 
-def prepare(runs: Iterable[Mapping[str, Any]], sc: SeemConfig | None = None) -> list[dict]:
+def prepare(runs: Iterable[Mapping[str, Any]]) -> list[dict]:
     """Ground truth and features of each run at the shipped cadence."""
     return [
         {**r, "features": features(r["stream"], r["q_bound"])}
-        for r in C.replay(list(runs), sc or SeemConfig())
+        for r in C.replay(list(runs), SeemConfig())
     ]
 
 
@@ -197,10 +193,6 @@ def analyse(sets: Mapping[str, list[Mapping[str, Any]]]) -> dict[str, Any]:
     return out
 
 
-def _x(v: float | None) -> str:
-    return f"{v:.1f}x" if v else "-"
-
-
 def markdown(result: Mapping[str, Any]) -> list[str]:
     lines = [
         "# What the runs allow: in-sample separability and transfer",
@@ -216,8 +208,8 @@ def markdown(result: Mapping[str, Any]) -> list[str]:
     for name, res in result["in_sample"].items():
         s = res["summary"]
         lines.append(
-            f"| {name} | {s['separated']}/{s['diverged']} | {_x(s['median_lead_x'])} "
-            f"| {_x(s['min_lead_x'])} | {s['n_leads']} |"
+            f"| {name} | {s['separated']}/{s['diverged']} | {C._x(s['median_lead_x'])} "
+            f"| {C._x(s['min_lead_x'])} | {s['n_leads']} |"
         )
     lines += ["", "Per diverger (in-sample): the first record past the envelope, and by what.", ""]
     lines += ["| set | run | crossed at | flag | by |", "|---|---|---|---|---|"]
@@ -235,8 +227,8 @@ def markdown(result: Mapping[str, Any]) -> list[str]:
         for rule, s in table.items():
             lines.append(
                 f"| {name} | {rule} | {s['false_alarms']}/{s['stable']} "
-                f"| {s['separated']}/{s['diverged']} | {_x(s['median_lead_x'])} "
-                f"| {_x(s['min_lead_x'])} |"
+                f"| {s['separated']}/{s['diverged']} | {C._x(s['median_lead_x'])} "
+                f"| {C._x(s['min_lead_x'])} |"
             )
     return lines
 
@@ -268,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     doc.write_text("\n".join([*markdown(result), *READING]) + "\n")
     for name, res in result["in_sample"].items():
         s = res["summary"]
-        print(f"in-sample {name}: median lead {_x(s['median_lead_x'])}", file=sys.stderr)
+        print(f"in-sample {name}: median lead {C._x(s['median_lead_x'])}", file=sys.stderr)
     if args.json:
         print(json.dumps(result))
     return 0

@@ -5,6 +5,7 @@ transferred one counts the stable runs it flags. The figures come from the commi
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 from bench_module import bench_module
@@ -114,3 +115,26 @@ def test_transfers_score_each_held_out_set_and_the_pooled_reference_on_the_fresh
     # the pooled envelope holds the held-out blip's SEEM 0.5, so the same blip is no alarm there
     assert result["transfer"]["calibration -> fresh"]["seem x1"]["false_alarms"] == 1
     assert result["transfer"]["calibration + held_out -> fresh"]["seem x1"]["false_alarms"] == 0
+
+
+def test_main_writes_the_report_from_histories_and_refuses_a_missing_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    C = S.C
+    runs = _runs()
+    main = {r["name"]: {**r, "env": "hopper"} for r in runs["calibration"]}
+    main |= {
+        f"w-{r['name']}": {**r, "name": f"w-{r['name']}", "env": "walker2d"}
+        for r in runs["held_out"]
+    }
+    C.write_histories(tmp_path / "h.json.gz", main)
+    doc = tmp_path / "sep.md"
+    args = ["--histories", str(tmp_path / "h.json.gz"), "--fresh-histories", str(tmp_path / "no")]
+    assert S.main([*args, "--doc", str(doc)]) == 0
+    text = doc.read_text()
+    assert "| calibration -> held_out | seem x1 | 1/2 | 1/1 |" in text
+    assert "in-sample held_out: median lead 10.0x" in capsys.readouterr().err
+    assert S.main(["--histories", str(tmp_path / "absent.json.gz"), "--doc", str(doc)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not found; run benchmarks/calibrate.py" in err[0]
+    assert doc.read_text() == text  # nothing rewritten
